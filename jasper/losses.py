@@ -73,9 +73,263 @@ def relative_similarity_loss_reference(student: Tensor, teacher: Tensor, margin:
     return terms[upper].sum() / (m * (m - 1) / 2)
 
 
-def relative_similarity_loss(student: Tensor, teacher: Tensor, margin: float = 0.015) -> Tensor:
-    """Relative similarity loss as used in training; same value and gradient as the reference."""
-    return relative_similarity_loss_reference(student, teacher, margin)
+def teacher_pair_order(teacher: Tensor) -> Tensor:
+    """The teacher's ranking of the in-batch text pairs, for :func:`relative_similarity_loss`: ``(B, d_t) -> (M,)``.
+
+    A permutation of the ``M = B(B-1)/2`` pair indices (:func:`pair_similarities` order) that sorts the teacher's
+    pair similarities ascending; tied pairs keep their index order, so of two tied pairs the later index counts as
+    ranked above, which is the reference's tie rule. It depends on the teacher only, so compute it once per batch
+    and pass it to every head: ``order = teacher_pair_order(t)`` then
+    ``relative_similarity_loss(s_head, t, teacher_order=order)`` for each head. No gradient flows to the teacher.
+
+    >>> teacher_pair_order(torch.eye(3))  # all pair similarities tie at 0: index order kept
+    tensor([0, 1, 2])
+    """
+    if teacher.ndim != 2:
+        raise ValueError(f"teacher must be a (B, d) matrix, got shape {tuple(teacher.shape)}")
+    with torch.no_grad():
+        t = _upper_triangle(_compute_dtype(teacher, teacher))
+        return torch.sort(t, stable=True).indices
+
+
+def relative_similarity_loss(
+    student: Tensor, teacher: Tensor, margin: float = 0.015, teacher_order: Tensor | None = None
+) -> Tensor:
+    """Relative similarity loss as used in training: same value and gradient as the reference, in O(M) memory.
+
+    ``student (B, d_s)`` and ``teacher (B, d_t)`` are L2-normalised; ``teacher_order`` is
+    :func:`teacher_pair_order` of ``teacher`` when the caller already has it (several heads share one teacher).
+    Exact, not sampled. Ordered by the teacher, every term is ``relu(s_low - s_high + margin)`` between a pair and
+    one ranked above it, so the loss is piecewise linear in ``s``: it needs only, for each pair, how many partners
+    above and below it have an active hinge. Those counts come from a divide-and-conquer over the teacher order
+    (sorted halves, ``searchsorted``): O(M log^2 M) time and O(M) memory, M = B(B-1)/2, never an M x M matrix.
+    float64 inputs are computed in float64, anything else in float32. Gradient flows to ``student`` only.
+
+    >>> s, t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    >>> bool(torch.isclose(relative_similarity_loss(s, t), relative_similarity_loss_reference(s, t)))
+    True
+    """
+    _check_batch(student, teacher)
+    s = _upper_triangle(_compute_dtype(student, student))  # (M,), differentiable
+    m = len(s)
+    if m < 2:
+        return s.sum() * 0.0
+    if teacher_order is None:
+        teacher_order = teacher_pair_order(teacher)
+    elif teacher_order.shape != (m,):
+        raise ValueError(
+            f"teacher_order has shape {tuple(teacher_order.shape)} but a batch of {len(student)} has {m} pairs: "
+            "pass teacher_pair_order(teacher) of this batch's teacher"
+        )
+    return _OrderedHingeMean.apply(s, teacher_order.to(s.device), margin)
+
+
+def _compute_dtype(x: Tensor, like: Tensor) -> Tensor:
+    """float64 stays float64, float32 stays float32, anything else (bf16, fp16) goes to float32."""
+    return x if like.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _upper_triangle(vectors: Tensor) -> Tensor:
+    """Same values and order as :func:`pair_similarities`, through a boolean mask (B^2 bytes, not 2M int64s)."""
+    b = len(vectors)
+    upper = torch.ones(b, b, dtype=torch.bool, device=vectors.device).triu_(diagonal=1)
+    return (vectors @ vectors.T)[upper]
+
+
+def _active(low: Tensor, high: Tensor, margin: float) -> Tensor:
+    """Whether ``relu(low - high + margin)`` is active, with the reference's exact float expression."""
+    return (low - high + margin) > 0
+
+
+class _OrderedHingeMean(torch.autograd.Function):
+    """``sum_{i<j} relu(u_i - u_j + margin) / (M(M-1)/2)`` with ``u = s[order]``; gradient to ``s`` only."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, order: Tensor, margin: float) -> Tensor:
+        u = s.detach().index_select(0, order)
+        low, high = _active_partner_counts(u, margin)
+        slope = (low - high).to(torch.int32)  # (M,): d(sum of terms) / d u_k
+        # Each active term is u_low - u_high + margin, so the sum is sum_k u_k * slope_k + margin * #active.
+        margin_t = torch.tensor(
+            margin, dtype=u.dtype
+        ).double()  # the margin as the reference's dtype rounds it
+        total = (u.double() * slope.double()).sum() + margin_t.to(u.device) * low.double().sum()
+        pairs_of_pairs = len(u) * (len(u) - 1) / 2
+        ctx.save_for_backward(order, slope)
+        ctx.scale = 1.0 / pairs_of_pairs
+        return (total / pairs_of_pairs).to(s.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+        order, slope = ctx.saved_tensors
+        grad_u = slope.to(grad_out.dtype) * (grad_out * ctx.scale)
+        grad_s = torch.empty_like(grad_u).index_copy_(0, order, grad_u)  # grad_s[order] = grad_u
+        return grad_s, None, None
+
+
+def _active_partner_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """For ``u`` in teacher order (ascending), count each element's active hinges: ``(low, high)``, int64.
+
+    ``low[k] = #{j > k: relu(u_k - u_j + margin) > 0}``, ``high[k] = #{i < k: relu(u_i - u_k + margin) > 0}``.
+    First the exact hinge boundaries: ``u_j`` is an active partner above ``u_k`` iff ``u_j < below_limit[k]``,
+    and ``u_i`` one below ``u_k`` iff ``u_i >= above_limit[k]``. So ``low`` counts values under a limit in the
+    positions after ``k`` and ``high`` values at or over a limit in the positions before ``k``: range counting,
+    done for all queries at once on a wavelet matrix of the values (replaced by their ranks, ``log2 M`` bits). Each
+    bit level is a stable partition of the values by that bit (a cumsum and a scatter) and one step of every
+    query's position range, so the whole is O(M log M) time and O(M) memory, with no sort per level. The loop
+    works in place on preallocated buffers: on CPU, fresh multi-megabyte tensors cost more than the arithmetic.
+    """
+    m = len(u)
+    if not bool(torch.isfinite(u).all()):
+        raise ValueError(
+            "relative_similarity_loss: the student's pair similarities are not all finite (NaN or inf)"
+        )
+    below_limit = _smallest_inactive_high(u, margin)
+    above_limit = _smallest_active_low(u, margin)
+    # Ranks keep every value-vs-limit comparison: with f(x) = #{u < x}, u_i >= x iff f(u_i) >= f(x).
+    ranked = torch.sort(u).values
+    values = torch.searchsorted(ranked, u)
+    below_rank = torch.searchsorted(ranked, below_limit)
+    above_rank = torch.searchsorted(ranked, above_limit)
+    del ranked, below_limit, above_limit
+    positions = torch.arange(m + 1, device=u.device)
+    # Queries, each a position range [lo, hi) followed down the matrix: low counts ranks < below_rank in
+    # [k+1, m) (the values with a 0 where the limit has a 1), high counts ranks >= above_rank in [0, k) (the values
+    # with a 1 where the limit has a 0, and at the end those equal to the limit).
+    low_q = _RangeQueries(
+        below_rank, positions[1:].clone(), torch.full((m,), m, device=u.device), count_ones=False
+    )
+    high_q = _RangeQueries(
+        above_rank, torch.zeros(m, dtype=torch.long, device=u.device), positions[:m].clone(), count_ones=True
+    )
+    value_bit = torch.empty_like(values)
+    ones = torch.zeros(m + 1, dtype=torch.long, device=u.device)
+    # table[p] = #zeros among the first p values; table[m + 1 + p] = #zeros in all + #ones among the first p.
+    table = torch.empty(2 * (m + 1), dtype=torch.long, device=u.device)
+    destination, scratch, next_values = (torch.empty_like(values) for _ in range(3))
+    for bit in reversed(range(m.bit_length())):  # most significant bit first
+        torch.bitwise_right_shift(values, bit, out=value_bit).bitwise_and_(1)
+        torch.cumsum(value_bit, dim=0, out=ones[1:])
+        torch.sub(positions, ones, out=table[: m + 1])
+        torch.add(ones, table[m], out=table[m + 1 :])  # table[m] = #zeros in all
+        for queries in (low_q, high_q):
+            queries.step(bit, table)
+        # Stable partition of the values by this bit: zeros first, then ones, each in their previous order.
+        torch.mul(value_bit, m + 1, out=scratch).add_(positions[:m])
+        torch.gather(table, 0, scratch, out=destination)
+        next_values.index_copy_(0, destination, values)
+        values, next_values = next_values, values
+    high_q.count += high_q.hi - high_q.lo  # values equal to the limit count as ">="
+    return low_q.count, high_q.count
+
+
+class _RangeQueries:
+    """One batch of wavelet-matrix range-count queries (see :func:`_active_partner_counts`), stepped in place."""
+
+    def __init__(self, rank: Tensor, lo: Tensor, hi: Tensor, count_ones: bool) -> None:
+        self.rank, self.lo, self.hi, self.count_ones = rank, lo, hi, count_ones
+        self.count = torch.zeros_like(lo)
+        self.bit, self.width, self.offset, self.lo_next, self.hi_next = (
+            torch.empty_like(lo) for _ in range(5)
+        )
+
+    def step(self, bit: int, table: Tensor) -> None:
+        m_plus_1 = len(table) // 2
+        torch.bitwise_right_shift(self.rank, bit, out=self.bit).bitwise_and_(1)  # the limit's bit
+        torch.sub(self.hi, self.lo, out=self.width)
+        torch.mul(self.bit, m_plus_1, out=self.offset)  # 0: follow the zeros, 1: follow the ones
+        torch.gather(table, 0, self.lo.add_(self.offset), out=self.lo_next)
+        torch.gather(table, 0, self.hi.add_(self.offset), out=self.hi_next)
+        self.lo, self.lo_next = self.lo_next, self.lo
+        self.hi, self.hi_next = self.hi_next, self.hi
+        # width - new width = the values in the range that left it: ones when following zeros, and vice versa.
+        self.width.sub_(self.hi).add_(self.lo)
+        if self.count_ones:
+            self.bit.bitwise_xor_(1)
+        self.count.add_(self.width.mul_(self.bit))
+
+
+def _smallest_active_low(high: Tensor, margin: float) -> Tensor:
+    """Per element ``b``: the smallest float ``a`` with ``_active(a, b)`` (true from there on up)."""
+    return _smallest_true(high - margin, high, lambda a, b: _active(a, b, margin))
+
+
+def _smallest_inactive_high(low: Tensor, margin: float) -> Tensor:
+    """Per element ``a``: the smallest float ``b`` with ``not _active(a, b)`` (true from there on up)."""
+    return _smallest_true(low + margin, low, lambda b, a: ~_active(a, b, margin))
+
+
+def _smallest_true(guess: Tensor, other: Tensor, pred) -> Tensor:
+    """Per element, the smallest float ``x`` with ``pred(x, other)``, for a predicate monotone in ``x``.
+
+    The guess is almost always the answer or a neighbour of it, which one vectorised check settles. The rest (when
+    the rounding of ``low - high`` is coarser than the spacing of floats near ``x``, e.g. ``x`` near 0 against a
+    margin of 0.015) are found by a galloping then bisecting search over the float grid, so that the boundary is
+    exact in every case.
+    """
+    at_guess = pred(guess, other)
+    neighbour = torch.where(at_guess, _float_step(guess, -1), _float_step(guess, +1))
+    at_neighbour = pred(neighbour, other)
+    answer = torch.where(at_guess, guess, neighbour)
+    unsettled = at_guess == at_neighbour
+    if not bool(unsettled.any()):
+        return answer
+    idx = unsettled.nonzero().squeeze(1)
+    other_idx = other.index_select(0, idx)
+    found = _bisect_floats(
+        guess.index_select(0, idx), at_guess.index_select(0, idx), lambda x: pred(x, other_idx)
+    )
+    answer.index_copy_(0, idx, found)
+    return answer
+
+
+def _bisect_floats(guess: Tensor, true_at_guess: Tensor, pred) -> Tensor:
+    """Smallest float with ``pred`` per element, searching the float grid as ordered integers (see above)."""
+    dtype = guess.dtype
+    start = _float_key(guess)
+    direction = torch.where(true_at_guess, -1, 1)
+    lowest, highest = _float_key(guess.new_tensor([-float("inf"), float("inf")])).tolist()
+    near, far = (
+        start.clone(),
+        start.clone(),
+    )  # near: pred equals pred(guess); far: the first key where it flips
+    pending = torch.ones_like(true_at_guess)
+    step = 1
+    while bool(pending.any()):  # gallop: 1, 2, 4, ... floats away until the predicate flips
+        probe = (near + direction * step).clamp(lowest, highest)
+        flipped = pred(_key_float(probe, dtype)) != true_at_guess
+        far = torch.where(pending & flipped, probe, far)
+        near = torch.where(pending & ~flipped, probe, near)
+        pending &= ~flipped
+        step *= 2
+    lo = torch.where(true_at_guess, far, near)  # pred false
+    hi = torch.where(true_at_guess, near, far)  # pred true
+    while bool((hi - lo > 1).any()):
+        mid = lo + (hi - lo) // 2
+        true_at_mid = pred(_key_float(mid, dtype))
+        hi, lo = torch.where(true_at_mid, mid, hi), torch.where(true_at_mid, lo, mid)
+    return _key_float(hi, dtype)
+
+
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _float_key(x: Tensor) -> Tensor:
+    """int64 keys ordered like the floats ``x`` (consecutive floats get consecutive keys; -0.0 and 0.0 share 0)."""
+    bits = x.view(_INT_OF[x.dtype]).long()
+    magnitude = bits & (2 ** (8 * x.element_size() - 1) - 1)
+    return torch.where(bits >= 0, bits, -magnitude)
+
+
+def _key_float(key: Tensor, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`_float_key`."""
+    sign = -(2 ** (torch.finfo(dtype).bits - 1))  # the sign bit, as a signed integer
+    bits = torch.where(key >= 0, key, -key + sign)
+    return bits.to(_INT_OF[dtype]).view(dtype)
+
+
+def _float_step(x: Tensor, direction: int) -> Tensor:
+    return torch.nextafter(x, torch.tensor(direction * float("inf"), dtype=x.dtype, device=x.device))
 
 
 class DistillLoss(nn.Module):
@@ -94,14 +348,20 @@ class DistillLoss(nn.Module):
         margin: float = 0.015,
     ) -> None:
         super().__init__()
-        for name, value in [("cosine", cosine), ("similarity", similarity), ("relative_similarity", relative_similarity)]:
+        for name, value in [
+            ("cosine", cosine),
+            ("similarity", similarity),
+            ("relative_similarity", relative_similarity),
+        ]:
             if value < 0:
                 raise ValueError(f"loss weight loss.{name}={value} is negative; weights must be >= 0")
         if margin < 0:
             raise ValueError(f"loss.margin={margin} is negative; the paper uses 0.015")
         if similarity == 0 and relative_similarity == 0 and cosine == 0:
-            raise ValueError("all loss weights are 0: set at least one of loss.cosine, loss.similarity, "
-                             "loss.relative_similarity (paper: 10, 200, 20)")
+            raise ValueError(
+                "all loss weights are 0: set at least one of loss.cosine, loss.similarity, "
+                "loss.relative_similarity (paper: 10, 200, 20)"
+            )
         self.weights = {"cos": cosine, "sim": similarity, "resim": relative_similarity}
         self.margin = margin
 
