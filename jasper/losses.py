@@ -6,9 +6,13 @@ scalar. Formulas follow "Jasper and Stella: distillation of SOTA embedding model
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from jasper.distributed import all_gather_no_grad, all_gather_with_grad
 
 
 def cosine_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -338,6 +342,17 @@ class DistillLoss(nn.Module):
     ``forward`` returns every term by name (``cos``, ``sim``, ``resim``) and their weighted sum (``total``), so
     that each can be logged. ``use_cosine=False`` leaves the cosine term out (reduced heads, whose dimension is not
     the teacher's).
+
+    Several heads against one teacher: the teacher's pair order (:func:`teacher_pair_order`, a sort of
+    ``B(B-1)/2`` values) is cached for the last teacher tensor seen, so calling ``forward`` once per head with the
+    same ``teacher`` object sorts once per batch. The cache is keyed on the tensor's identity and version counter,
+    so a new batch or an in-place change recomputes it.
+
+    ``gather_across_ranks=True`` (config ``loss.gather_across_ranks``): under data parallelism (``torch.distributed``
+    initialised, world size > 1) the similarity and relative-similarity terms see the global batch, all-gathered
+    from every rank with gradients flowing back to each rank's own rows (:mod:`jasper.distributed`); the cosine term
+    stays local. Each rank's ``sim``/``resim`` is then the global-batch loss, and after DDP averages gradients the
+    update equals one process on the global batch (see :mod:`jasper.distributed` for the convention).
     """
 
     def __init__(
@@ -346,6 +361,7 @@ class DistillLoss(nn.Module):
         similarity: float = 200.0,
         relative_similarity: float = 20.0,
         margin: float = 0.015,
+        gather_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -364,19 +380,41 @@ class DistillLoss(nn.Module):
             )
         self.weights = {"cos": cosine, "sim": similarity, "resim": relative_similarity}
         self.margin = margin
+        self.gather_across_ranks = gather_across_ranks
+        self._teacher_cache: tuple[weakref.ref, int, Tensor, Tensor | None] | None = None
 
     def forward(self, student: Tensor, teacher: Tensor, use_cosine: bool = True) -> dict[str, Tensor]:
+        _check_batch(student, teacher)
         # bf16 inputs: the losses are differences of near-equal numbers, so compute them in float32.
-        student, teacher = student.float(), teacher.float()
+        student = student.float() if student.dtype != torch.float64 else student
+        global_teacher, order = self._teacher(teacher, student.dtype)
         terms: dict[str, Tensor] = {}
         if use_cosine and self.weights["cos"] > 0:
-            terms["cos"] = cosine_loss(student, teacher)
-        if self.weights["sim"] > 0:
-            terms["sim"] = similarity_loss(student, teacher)
-        if self.weights["resim"] > 0:
-            terms["resim"] = relative_similarity_loss(student, teacher, self.margin)
+            terms["cos"] = cosine_loss(student, teacher.to(student.dtype))
+        if self.weights["sim"] > 0 or self.weights["resim"] > 0:
+            global_student = all_gather_with_grad(student) if self.gather_across_ranks else student
+            if self.weights["sim"] > 0:
+                terms["sim"] = similarity_loss(global_student, global_teacher)
+            if self.weights["resim"] > 0:
+                terms["resim"] = relative_similarity_loss(
+                    global_student, global_teacher, self.margin, teacher_order=order
+                )
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
+
+    def _teacher(self, teacher: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The (gathered, cast) teacher and its pair order, cached for the last teacher tensor seen."""
+        cache = self._teacher_cache
+        if cache is not None and cache[0]() is teacher and cache[1] == teacher._version:
+            global_teacher, order = cache[2], cache[3]
+            if global_teacher.dtype == dtype:
+                return global_teacher, order
+        global_teacher = teacher.detach().to(dtype)
+        if self.gather_across_ranks:
+            global_teacher = all_gather_no_grad(global_teacher)
+        order = teacher_pair_order(global_teacher) if self.weights["resim"] > 0 and len(teacher) > 0 else None
+        self._teacher_cache = (weakref.ref(teacher), teacher._version, global_teacher, order)
+        return global_teacher, order
 
 
 def _check_batch(student: Tensor, teacher: Tensor) -> None:
