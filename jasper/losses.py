@@ -150,107 +150,143 @@ class _OrderedHingeMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, order: Tensor, margin: float) -> Tensor:
-        u = s.detach().index_select(0, order)
-        low, high = _active_partner_counts(u, margin)
-        slope = (low - high).to(torch.int32)  # (M,): d(sum of terms) / d u_k
+        u = s.detach().index_select(0, order)  # (M,) in teacher order
+        sorted_u, low, high, by_rank = _ranked_active_counts(u, margin)  # all (M,), indexed by rank of u
+        slope = low - high  # (M,) int32: d(sum of terms) / d u, per rank
         # Each active term is u_low - u_high + margin, so the sum is sum_k u_k * slope_k + margin * #active.
         margin_t = torch.tensor(
             margin, dtype=u.dtype
         ).double()  # the margin as the reference's dtype rounds it
-        total = (u.double() * slope.double()).sum() + margin_t.to(u.device) * low.double().sum()
+        total = (sorted_u.double() * slope.double()).sum() + margin_t.to(u.device) * low.sum(
+            dtype=torch.float64
+        )
         pairs_of_pairs = len(u) * (len(u) - 1) / 2
-        ctx.save_for_backward(order, slope)
+        ctx.save_for_backward(order.index_select(0, by_rank), slope)  # s index of each rank, its slope
         ctx.scale = 1.0 / pairs_of_pairs
         return (total / pairs_of_pairs).to(s.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
-        order, slope = ctx.saved_tensors
-        grad_u = slope.to(grad_out.dtype) * (grad_out * ctx.scale)
-        grad_s = torch.empty_like(grad_u).index_copy_(0, order, grad_u)  # grad_s[order] = grad_u
+        s_index, slope = ctx.saved_tensors
+        grad_ranked = slope.to(grad_out.dtype) * (grad_out * ctx.scale)
+        grad_s = torch.empty_like(grad_ranked).index_copy_(0, s_index, grad_ranked)  # grad_s[s_index] = grad
         return grad_s, None, None
 
 
 def _active_partner_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    """For ``u`` in teacher order (ascending), count each element's active hinges: ``(low, high)``, int64.
+    """For ``u`` in teacher order, each element's active hinge counts ``(low, high)`` in ``u``'s order, int64.
 
     ``low[k] = #{j > k: relu(u_k - u_j + margin) > 0}``, ``high[k] = #{i < k: relu(u_i - u_k + margin) > 0}``.
-    First the exact hinge boundaries: ``u_j`` is an active partner above ``u_k`` iff ``u_j < below_limit[k]``,
-    and ``u_i`` one below ``u_k`` iff ``u_i >= above_limit[k]``. So ``low`` counts values under a limit in the
-    positions after ``k`` and ``high`` values at or over a limit in the positions before ``k``: range counting,
-    done for all queries at once on a wavelet matrix of the values (replaced by their ranks, ``log2 M`` bits). Each
-    bit level is a stable partition of the values by that bit (a cumsum and a scatter) and one step of every
-    query's position range, so the whole is O(M log M) time and O(M) memory, with no sort per level. The loop
-    works in place on preallocated buffers: on CPU, fresh multi-megabyte tensors cost more than the arithmetic.
+    A convenience view of :func:`_ranked_active_counts` (which the loss uses directly, in rank order).
     """
-    m = len(u)
-    if not bool(torch.isfinite(u).all()):
+    _, low, high, by_rank = _ranked_active_counts(u, margin)
+    low_out, high_out = (torch.empty(len(u), dtype=torch.long, device=u.device) for _ in range(2))
+    return low_out.index_copy_(0, by_rank, low.long()), high_out.index_copy_(0, by_rank, high.long())
+
+
+def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Active hinge counts of every element of ``u`` (teacher order), listed by the element's rank in ``u``.
+
+    Returns ``(sorted_u, low, high, by_rank)``, all ``(M,)``: ``by_rank`` (int64) is the stable ascending argsort
+    of ``u``, ``sorted_u = u[by_rank]``, and for the element at position ``i = by_rank[r]`` (int32 counts)::
+
+        low[r]  = #{j > i: relu(u_i - u_j + margin) > 0}     (active as the lower element of a term)
+        high[r] = #{k < i: relu(u_k - u_i + margin) > 0}     (active as the upper element)
+
+    1. Exact hinge boundaries: ``u_j`` is an active partner above ``u_i`` iff ``u_j < below_limit_i`` and ``u_k``
+       one below iff ``u_k >= above_limit_i`` (limits found on the float grid with the reference's own float
+       expression, :func:`_smallest_true`). With ranks ``rank(u)`` (a permutation of ``0..M-1``) and thresholds
+       ``qa = #{u < below_limit}``, ``qb = #{u < above_limit}`` (``searchsorted``), ``u_j < below_limit_i`` iff
+       ``rank_j < qa_i``, so ``qa_i`` partners in all have an active hinge with ``i`` below them.
+    2. Only prefix counts remain: ``low_i = qa_i - #{j <= i: rank_j < qa_i}`` and
+       ``high_i = i - #{k < i: rank_k < qb_i}``, ``2M`` dominance queries answered together by
+       :func:`_prefix_rank_counts` in O(M log M) time and O(M) memory.
+    """
+    if len(u) >= 2**31 - 1:
+        raise ValueError(f"relative_similarity_loss: {len(u)} pairs is more than int32 counts allow")
+    sorted_u, by_rank = torch.sort(u)
+    # NaN sorts last, so the two ends decide whether every value is finite.
+    if not bool(torch.isfinite(sorted_u[[0, -1]]).all()):
         raise ValueError(
             "relative_similarity_loss: the student's pair similarities are not all finite (NaN or inf)"
         )
-    below_limit = _smallest_inactive_high(u, margin)
-    above_limit = _smallest_active_low(u, margin)
-    # Ranks keep every value-vs-limit comparison: with f(x) = #{u < x}, u_i >= x iff f(u_i) >= f(x).
-    ranked = torch.sort(u).values
-    values = torch.searchsorted(ranked, u)
-    below_rank = torch.searchsorted(ranked, below_limit)
-    above_rank = torch.searchsorted(ranked, above_limit)
-    del ranked, below_limit, above_limit
-    positions = torch.arange(m + 1, device=u.device)
-    # Queries, each a position range [lo, hi) followed down the matrix: low counts ranks < below_rank in
-    # [k+1, m) (the values with a 0 where the limit has a 1), high counts ranks >= above_rank in [0, k) (the values
-    # with a 1 where the limit has a 0, and at the end those equal to the limit).
-    low_q = _RangeQueries(
-        below_rank, positions[1:].clone(), torch.full((m,), m, device=u.device), count_ones=False
-    )
-    high_q = _RangeQueries(
-        above_rank, torch.zeros(m, dtype=torch.long, device=u.device), positions[:m].clone(), count_ones=True
-    )
-    value_bit = torch.empty_like(values)
-    ones = torch.zeros(m + 1, dtype=torch.long, device=u.device)
-    # table[p] = #zeros among the first p values; table[m + 1 + p] = #zeros in all + #ones among the first p.
-    table = torch.empty(2 * (m + 1), dtype=torch.long, device=u.device)
-    destination, scratch, next_values = (torch.empty_like(values) for _ in range(3))
-    for bit in reversed(range(m.bit_length())):  # most significant bit first
-        torch.bitwise_right_shift(values, bit, out=value_bit).bitwise_and_(1)
-        torch.cumsum(value_bit, dim=0, out=ones[1:])
-        torch.sub(positions, ones, out=table[: m + 1])
-        torch.add(ones, table[m], out=table[m + 1 :])  # table[m] = #zeros in all
-        for queries in (low_q, high_q):
-            queries.step(bit, table)
-        # Stable partition of the values by this bit: zeros first, then ones, each in their previous order.
-        torch.mul(value_bit, m + 1, out=scratch).add_(positions[:m])
-        torch.gather(table, 0, scratch, out=destination)
-        next_values.index_copy_(0, destination, values)
+    below_limit = _smallest_inactive_high(sorted_u, margin)  # (M,) ascending, like sorted_u
+    above_limit = _smallest_active_low(sorted_u, margin)
+    # Thresholds in ranks: qa[r] = #{u < below_limit[r]} (active partners above), qb[r] = #{u < above_limit[r]}.
+    qa = torch.searchsorted(sorted_u, below_limit, out_int32=True)
+    qb = torch.searchsorted(sorted_u, above_limit, out_int32=True)
+    del below_limit, above_limit
+    m = len(u)
+    ranks = torch.arange(m, dtype=torch.int32, device=u.device)
+    rank_of = torch.empty_like(ranks).scatter_(0, by_rank, ranks)  # (M,) rank of the element at each position
+    position = by_rank.to(torch.int32)  # (M,) position of the element of each rank
+    # Queries in rank order (nearby thresholds, so each level's lookups stay in cache): [0, M) count ranks < qa in
+    # positions [0, i]; [M, 2M) ranks < qb in positions [0, i).
+    prefix = torch.cat([position + 1, position])  # (2M,)
+    below = _prefix_rank_counts(rank_of, prefix, torch.cat([qa, qb]))  # (2M,)
+    low = qa.sub_(below[:m])
+    high = position.sub_(below[m:])
+    return sorted_u, low, high, by_rank
+
+
+def _prefix_rank_counts(rank_of: Tensor, prefix: Tensor, threshold: Tensor) -> Tensor:
+    """``count[k] = #{i < prefix[k]: rank_of[i] < threshold[k]}`` for a permutation ``rank_of`` of ``0..M-1``.
+
+    ``rank_of (M,)``, ``prefix (Q,)`` in ``[0, M]``, ``threshold (Q,)`` in ``[0, M]``, all int32; returns ``(Q,)``
+    int32. A wavelet tree over the rank bits, most significant first, kept as one length-``M`` array: at the level
+    with shift ``s`` the array holds the ranks stably sorted by ``rank >> s`` (so group ``g``, the ranks
+    ``[g 2^s, (g+1) 2^s)``, sits at ``[g 2^s, ...)`` in position order; ranks being a permutation, every group start
+    is known without counting). Each query follows its threshold's group down, keeping ``within``, the number of
+    its prefix's elements in that group. Per level, with ``h = 2^(s-1)`` and ``ones`` the running count of ranks
+    with bit ``s-1`` set (one cumsum):
+
+    * a query's group ``g`` holds ``ones[2 g h + within] - g h`` such elements in its prefix, the rest have the bit
+      clear; if the threshold's bit is set, those with it clear are all below the threshold (counted) and the query
+      moves to the upper half, else to the lower half;
+    * the ranks are stably partitioned by the bit within each group (one scatter): the next level's order.
+
+    ``log2 M`` levels, each a few element-wise passes over ``M`` and ``Q`` int32s and one gather; no sort.
+    """
+    m, device = len(rank_of), rank_of.device
+    levels = m.bit_length()  # 2^levels > M >= every threshold: one group at the top
+    values, next_values = rank_of.clone(), torch.empty_like(rank_of)  # (M,) ranks in this level's order
+    slot = torch.arange(m, dtype=torch.int32, device=device)  # (M,) 0..M-1
+    ones = torch.zeros(m + 1, dtype=torch.int32, device=device)  # ones[k]: set bits among the first k
+    # table[:m] = k - ones[k] + (group start), table[m:] = ones[k] + h + (group start): an element's destination
+    bit, group, step = (torch.empty(m, dtype=torch.int32, device=device) for _ in range(3))
+    table = torch.empty(2 * m, dtype=torch.int32, device=device)
+    destination = torch.empty(m, dtype=torch.long, device=device)
+    within, count = prefix.clone(), torch.zeros_like(prefix)  # (Q,)
+    q_bit, q_base, q_ones, q_tmp = (torch.empty_like(prefix) for _ in range(4))
+    for shift in range(levels, 0, -1):
+        h = 1 << (shift - 1)
+        # Elements: bit = rank bit (shift - 1); ones = its running count in this level's order.
+        torch.bitwise_right_shift(values, shift - 1, out=group)  # child group 2g + bit
+        torch.bitwise_and(group, 1, out=bit)
+        torch.cumsum(bit, 0, dtype=torch.int32, out=ones[1:])
+        # Queries: group g = threshold >> shift starts at 2 g h; base = g h = set bits in the groups before it.
+        torch.bitwise_right_shift(threshold, shift, out=q_base).bitwise_left_shift_(shift - 1)
+        torch.add(within, q_base, alpha=2, out=q_tmp)  # absolute index of the end of the query's prefix
+        torch.index_select(ones, 0, q_tmp, out=q_ones).sub_(
+            q_base
+        )  # set bits in the prefix, within the group
+        within.sub_(q_ones)  # clear bits in the prefix, within the group
+        torch.bitwise_right_shift(threshold, shift - 1, out=q_bit).bitwise_and_(1)
+        count.addcmul_(q_bit, within)  # threshold bit set: the clear ones are all smaller
+        within.addcmul_(q_bit, q_ones.sub_(within))  # ... and the query follows the set ones
+        if shift == 1:
+            break  # the last partition is not needed
+        # Destinations: bit 0 -> 2 g h + (clear bits before it in the group) = k - ones[k] + g h,
+        #               bit 1 -> 2 g h + h + (set bits before it in the group) = ones[k] + (g + 1) h.
+        torch.sub(slot, ones[:m], out=table[:m])
+        torch.add(ones[:m], h, out=table[m:])
+        torch.mul(bit, m, out=step).add_(slot)
+        torch.index_select(table, 0, step, out=next_values)
+        group.bitwise_right_shift_(1).bitwise_left_shift_(shift - 1)  # g h
+        torch.add(next_values, group, out=destination)
+        next_values.scatter_(0, destination, values)
         values, next_values = next_values, values
-    high_q.count += high_q.hi - high_q.lo  # values equal to the limit count as ">="
-    return low_q.count, high_q.count
-
-
-class _RangeQueries:
-    """One batch of wavelet-matrix range-count queries (see :func:`_active_partner_counts`), stepped in place."""
-
-    def __init__(self, rank: Tensor, lo: Tensor, hi: Tensor, count_ones: bool) -> None:
-        self.rank, self.lo, self.hi, self.count_ones = rank, lo, hi, count_ones
-        self.count = torch.zeros_like(lo)
-        self.bit, self.width, self.offset, self.lo_next, self.hi_next = (
-            torch.empty_like(lo) for _ in range(5)
-        )
-
-    def step(self, bit: int, table: Tensor) -> None:
-        m_plus_1 = len(table) // 2
-        torch.bitwise_right_shift(self.rank, bit, out=self.bit).bitwise_and_(1)  # the limit's bit
-        torch.sub(self.hi, self.lo, out=self.width)
-        torch.mul(self.bit, m_plus_1, out=self.offset)  # 0: follow the zeros, 1: follow the ones
-        torch.gather(table, 0, self.lo.add_(self.offset), out=self.lo_next)
-        torch.gather(table, 0, self.hi.add_(self.offset), out=self.hi_next)
-        self.lo, self.lo_next = self.lo_next, self.lo
-        self.hi, self.hi_next = self.hi_next, self.hi
-        # width - new width = the values in the range that left it: ones when following zeros, and vice versa.
-        self.width.sub_(self.hi).add_(self.lo)
-        if self.count_ones:
-            self.bit.bitwise_xor_(1)
-        self.count.add_(self.width.mul_(self.bit))
+    return count
 
 
 def _smallest_active_low(high: Tensor, margin: float) -> Tensor:
