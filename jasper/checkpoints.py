@@ -1,0 +1,95 @@
+"""Student weights between stages: what stage k leaves behind and stage k+1 starts from."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from jasper.student import Student
+
+log = logging.getLogger(__name__)
+STUDENT_FILE = "student.pt"
+
+
+def save_student(student: Student, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": student.describe(), "state_dict": student.state_dict()}, path)
+
+
+def read_student_state(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """``(student config or None, student state dict)`` from a ``student.pt`` or a Lightning ``.ckpt`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no student weights at {path}: point stage.init_from at a student.pt or .ckpt file"
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in payload and "config" in payload:
+        return payload["config"], payload["state_dict"]
+    if "state_dict" in payload:  # a Lightning checkpoint of a stage module: the student's keys carry a prefix
+        state = {
+            k.removeprefix("student."): v
+            for k, v in payload["state_dict"].items()
+            if k.startswith("student.")
+        }
+        return None, state
+    raise ValueError(f"{path} holds neither a student.pt payload nor a Lightning checkpoint")
+
+
+def load_student_weights(student: Student, path: str | Path) -> None:
+    """Load weights into ``student``. Only MRL heads may be missing (new heads start fresh) or extra (dropped)."""
+    config, state = read_student_state(path)
+    if config is not None and config["fc1_dim"] != student.fc1_dim:
+        raise ValueError(
+            f"{path} has FC1 of dimension {config['fc1_dim']} but the configured teachers give {student.fc1_dim}: "
+            "use the same teachers as the stage that wrote it, or start from the pretrained encoder (stage.init_from=null)"
+        )
+    result = student.load_state_dict(state, strict=False)
+    wrong = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.startswith("heads.")]
+    if wrong:
+        raise ValueError(
+            f"{path} does not fit this student (model.* differs from the stage that wrote it): {wrong[:5]}"
+        )
+    if result.missing_keys:
+        log.info(
+            "heads not in %s start fresh: %s", path, sorted({k.split(".")[1] for k in result.missing_keys})
+        )
+    log.info("student initialised from %s", path)
+
+
+def resolve_init_from(init_from: str | None, stage_index: int, output_dir: str | Path) -> Path | None:
+    """``auto``: the previous stage's ``student.pt`` beside this stage's output folder, if that stage has run."""
+    if init_from is None:
+        return None
+    if init_from != "auto":
+        return Path(init_from)
+    if stage_index <= 1:
+        return None
+    previous = Path(output_dir).parent / f"stage{stage_index - 1}" / STUDENT_FILE
+    if previous.is_file():
+        return previous
+    log.warning(
+        "stage %d starts from the pretrained encoder: %s does not exist (run stage %d first in the same run_name, "
+        "or set stage.init_from=PATH)",
+        stage_index,
+        previous,
+        stage_index - 1,
+    )
+    return None
+
+
+class SaveStudent(L.Callback):
+    """At the end of fit, write the student alone (weights + how to rebuild it) for the next stage and export."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        save_student(module.student, self.path)
+        log.info("student saved to %s", self.path)

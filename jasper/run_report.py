@@ -1,0 +1,67 @@
+"""How close a run's student is to its teachers, on held-out texts: at init and after each stage."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from jasper.checkpoints import STUDENT_FILE, load_student_weights
+from jasper.evaluation.fidelity import teacher_fidelity
+from jasper.evaluation.report import ResultRow, markdown_table, write_report
+from jasper.student import FC1, Student
+
+log = logging.getLogger(__name__)
+
+
+def fidelity_row(
+    name: str, student: Student, texts: list[str], teacher: torch.Tensor, batch_size: int
+) -> ResultRow:
+    """Mean cosine to the teacher on FC1; Spearman of in-batch similarities vs the teacher's, per head."""
+    metrics: dict[str, float | None] = {}
+    for head in student.head_names:
+        scores = teacher_fidelity(
+            student.encode(texts, head=head, batch_size=batch_size), teacher, batch_size
+        )
+        if head == FC1:
+            metrics["cos fc1"] = scores["cosine"]
+        metrics[f"spearman {head}"] = scores["spearman"]
+    return ResultRow(model=name, metrics=metrics)
+
+
+def stage_students(run_dir: Path) -> list[tuple[str, Path]]:
+    """``(stageN, student.pt)`` for every stage of the run that has finished, in stage order."""
+    found = sorted(run_dir.glob(f"**/stage*/{STUDENT_FILE}"), key=lambda p: (p.parent.name, str(p)))
+    return [(str(p.parent.relative_to(run_dir)), p) for p in found]
+
+
+def report(cfg: DictConfig) -> str:
+    """Build the run's teachers, student and held-out data from ``cfg``; score init and every finished stage."""
+    run_dir = Path(cfg.paths.run_dir)
+    stages = stage_students(run_dir)
+    if not stages:
+        raise FileNotFoundError(
+            f"no {STUDENT_FILE} under {run_dir}: train first (python train.py run_name={cfg.run_name})"
+        )
+    teachers = instantiate(cfg.teachers)
+    student = instantiate(cfg.model, fc1_dim=teachers.dim)
+    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize)
+    datamodule.setup("validate")
+    texts, teacher = datamodule.val_set.texts, datamodule.val_set.teacher_vectors
+    batch = cfg.stage_settings.batch_size
+    rows = [fidelity_row("init", student, texts, teacher, batch)]
+    for name, path in stages:
+        load_student_weights(student, path)
+        rows.append(fidelity_row(name, student, texts, teacher, batch))
+    write_report(rows, run_dir, stem="fidelity")
+    table = markdown_table(rows)
+    log.info(
+        "teacher fidelity on %d held-out texts (in-batch Spearman over batches of %d):\n%s",
+        len(texts),
+        batch,
+        table,
+    )
+    return table

@@ -1,0 +1,49 @@
+"""Train one stage: instantiate everything from the composed config, fit, return the metric a sweep optimises."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from jasper.checkpoints import load_student_weights, resolve_init_from
+
+log = logging.getLogger(__name__)
+
+
+def check_stage(cfg: DictConfig) -> None:
+    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
+    if cfg.stage not in available:
+        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
+    """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
+    check_stage(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    teachers = instantiate(cfg.teachers)
+    student = instantiate(cfg.model, fc1_dim=teachers.dim)
+    init_from = resolve_init_from(cfg.stage_settings.init_from, cfg.stage, cfg.paths.output_dir)
+    if init_from is not None:
+        load_student_weights(student, init_from)
+    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize)
+    module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
+    module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    return module, datamodule, trainer
+
+
+def run(cfg: DictConfig) -> float | None:
+    module, datamodule, trainer = build(cfg)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # or the process can abort at exit (gloo)
+    return float(metric) if metric is not None else None

@@ -1,0 +1,16 @@
+"""Teacher fidelity of a run at init and after each finished stage: python report.py run_name=NAME."""
+
+import hydra
+from omegaconf import DictConfig
+
+import jasper.config  # noqa: F401  (registers the config resolvers)
+from jasper.run_report import report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    print(report(cfg))
+
+
+if __name__ == "__main__":
+    main()

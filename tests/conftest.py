@@ -1,0 +1,79 @@
+"""Shared fixtures: the packaged MiniLM, tiny random encoders built from configs, a small real text corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_DATA = REPO.parent / "shared" / "data" / "dev"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from jasper.config import packaged_minilm
+
+    return packaged_minilm()
+
+
+def _save_tiny(model_config, folder: Path, minilm: str) -> str:
+    from transformers import AutoModel, AutoTokenizer
+
+    model_config.vocab_size = 30522
+    AutoModel.from_config(model_config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)  # a real tokenizer; the weights are random
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> str:
+    from transformers import BertConfig
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+    return _save_tiny(config, tmp_path_factory.mktemp("tiny_bert"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory, minilm_path) -> str:
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    return _save_tiny(config, tmp_path_factory.mktemp("tiny_qwen2"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def docstrings() -> list[str]:
+    """A few hundred real English texts from the standard library's `email` and `logging` packages."""
+    from jasper.data.datamodule import clean_rows
+    from jasper.data.sources import PythonDocstrings
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts, _ = clean_rows(
+        [t for sub in ("email", "logging") for t in PythonDocstrings(root=str(stdlib / sub))]
+    )
+    return texts
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory, docstrings) -> str:
+    path = tmp_path_factory.mktemp("corpus") / "texts.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docstrings))
+    return str(path)

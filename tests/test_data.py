@@ -1,0 +1,119 @@
+import json
+import random
+
+import pytest
+import torch
+
+from jasper.data.augment import augment, chunk_sentences, split_sentences
+from jasper.data.datamodule import TextDistillDataModule, clean_rows, split_held_out
+from jasper.data.sources import TextFiles
+from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
+
+TEXT = "One sentence here. Two is next! Is three a question? Four ends it. Five. Six. Seven. Eight. Nine. Ten. Eleven."
+
+
+def test_clean_rows_counts_every_rejection():
+    texts, rejected = clean_rows(["a", "", "  ", None, 3, {"text": "x"}, " a ", "b"])
+    assert texts == ["a", "b"]
+    assert rejected == {"empty": 2, "non-text": 3, "duplicate": 1}
+
+
+def test_chunks_keep_every_sentence_in_order():
+    rng = random.Random(0)
+    for _ in range(20):
+        chunks = chunk_sentences(TEXT, rng, 1, 10)
+        assert " ".join(chunks) == " ".join(split_sentences(TEXT))
+        assert all(1 <= len(split_sentences(c)) <= 10 for c in chunks)
+
+
+def test_augment_is_seeded_and_shares_are_close_to_config():
+    texts = [f"Text {i} starts here. " + "Then one more sentence. " * 11 for i in range(4000)]
+    once, again = augment(texts, seed=3), augment(texts, seed=3)
+    assert once == again
+    assert augment(texts, seed=4) != once
+    untouched = augment(texts, chunk_share=0.0, shuffle_share=0.0)
+    assert untouched == texts
+    chunked = augment(texts, chunk_share=0.3, shuffle_share=0.0, seed=1)
+    # A chunked 12-sentence text (chunks of at most 10) never stays whole: 70% remain whole, +- sampling noise.
+    whole = sum(1 for t in chunked if t.count(".") == 12)
+    assert 0.66 < whole / len(texts) < 0.74
+    shuffled = augment(texts, chunk_share=0.0, shuffle_share=0.5, seed=1)
+    changed = sum(
+        a != b for a, b in zip(shuffled, texts, strict=True)
+    )  # 12 words: a shuffle ~always moves one
+    assert 0.45 < changed / len(texts) < 0.55
+
+
+def test_augment_rejects_bad_shares():
+    with pytest.raises(ValueError, match="chunk_share"):
+        augment(["a"], chunk_share=1.5)
+
+
+def test_held_out_split_depends_on_text_not_position():
+    texts = [f"text number {i}" for i in range(100)]
+    train, held = split_held_out(texts, 10)
+    _, held_reversed = split_held_out(texts[::-1], 10)
+    assert len(held) == 10 and set(held) == set(held_reversed) and not set(held) & set(train)
+    with pytest.raises(ValueError, match="val_texts"):
+        split_held_out(texts, 100)
+
+
+def test_text_files_read_jsonl_and_report_missing_files(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"body": "hello"}) + "\n" + json.dumps({"body": None}) + "\n")
+    assert list(TextFiles([str(path)], text_field="body")) == [
+        "hello",
+        None,
+    ]  # None is rejected later, counted
+    with pytest.raises(KeyError, match="text_field"):
+        list(TextFiles([str(path)]))
+    with pytest.raises(FileNotFoundError, match="data.source.paths"):
+        TextFiles([str(tmp_path / "missing.jsonl")])
+
+
+def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_path, caplog):
+    teacher = HuggingFaceTeacher(tiny_bert, max_length=64)
+    ensemble = TeacherEnsemble([teacher], batch_size=16)
+    rows = docstrings[:60] + ["", None, 7]
+    module = TextDistillDataModule(
+        rows,
+        ensemble,
+        tokenize=lambda t: {"n": torch.tensor([len(t)])},
+        batch_size=8,
+        val_texts=10,
+        augment={"chunk_share": 0.5, "shuffle_share": 0.1},
+        seed=1,
+        cache_dir=str(tmp_path),
+    )
+    with caplog.at_level("WARNING"):
+        module.setup("fit")
+    assert "rejected 3 row(s)" in caplog.text
+    train, val = module.train_set, module.val_set
+    assert len(val) == 10 and len(train) >= 50
+    picked = random.Random(0).sample(range(len(train)), 12)
+    direct = teacher.encode([train.texts[i] for i in picked])
+    assert torch.allclose(torch.stack([train[i][1] for i in picked]), direct, atol=1e-5)
+    assert torch.allclose(val.teacher_vectors, teacher.encode(val.texts), atol=1e-5)
+    assert set(val.texts).isdisjoint(train.texts)
+    # A second module with the same texts and teachers reads the cached vectors.
+    again = TextDistillDataModule(
+        rows,
+        ensemble,
+        tokenize=lambda t: {},
+        batch_size=8,
+        val_texts=10,
+        augment={"chunk_share": 0.5, "shuffle_share": 0.1},
+        seed=1,
+        cache_dir=str(tmp_path),
+    )
+    with caplog.at_level("INFO"):
+        again.setup("fit")
+    assert "read from" in caplog.text
+    assert torch.equal(again.train_set.teacher_vectors, train.teacher_vectors)
+
+
+def test_a_source_with_nothing_usable_fails(tiny_bert):
+    ensemble = TeacherEnsemble([HuggingFaceTeacher(tiny_bert)])
+    module = TextDistillDataModule(["", None], ensemble, tokenize=lambda t: {}, val_texts=1)
+    with pytest.raises(ValueError, match="no usable text"):
+        module.setup("fit")

@@ -1,0 +1,97 @@
+import functools
+
+import pytest
+import torch
+
+from jasper.losses import DistillLoss
+from jasper.stages import Stage1, Stage2, Stage3
+from jasper.student import Student
+
+TEXTS = [f"text {i}: " + "words " * (i % 5 + 1) for i in range(8)]
+
+
+def make(stage, tiny_bert, **kwargs):
+    torch.manual_seed(0)
+    student = Student(tiny_bert, fc1_dim=24, mrl_dims=[8, 4], num_layers=4)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.5)
+    return stage(student, DistillLoss(), optimizer=optimizer, **kwargs)
+
+
+def changed_after_one_step(module) -> set[str]:
+    batch = dict(module.student.tokenize(TEXTS))
+    batch["teacher"] = torch.nn.functional.normalize(torch.randn(len(TEXTS), 24), dim=-1)
+    before = {n: p.detach().clone() for n, p in module.student.named_parameters()}
+    optimizer = module.configure_optimizers()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+    return {n for n, p in module.student.named_parameters() if not torch.equal(p, before[n])}
+
+
+def test_stage1_trains_fc1_only_and_runs_the_encoder_without_autograd(tiny_bert):
+    module = make(Stage1, tiny_bert)
+    batch = module.student.tokenize(TEXTS[:2])
+    assert module.student.pooled(batch["input_ids"], batch["attention_mask"]).grad_fn is None
+    assert changed_after_one_step(module) == {"fc1.weight", "fc1.bias"}
+
+
+@pytest.mark.parametrize("unfreeze", [1, 3])
+def test_stage2_trains_fc1_and_the_last_layers(tiny_bert, unfreeze):
+    module = make(Stage2, tiny_bert, unfreeze_layers=unfreeze)
+    changed = changed_after_one_step(module)
+    layers = {name.split(".layer.")[1].split(".")[0] for name in changed if ".layer." in name}
+    assert layers == {str(i) for i in range(4 - unfreeze, 4)}
+    assert {"fc1.weight", "fc1.bias"} <= changed
+    assert not any(name.startswith(("heads.", "encoder.embeddings")) for name in changed)
+    trainable = {n for n, p in module.student.named_parameters() if p.requires_grad}
+    assert changed <= trainable
+
+
+def test_stage3_trains_everything_that_gets_a_gradient(tiny_bert):
+    module = make(Stage3, tiny_bert)
+    changed = changed_after_one_step(module)
+    assert {
+        "heads.8.weight",
+        "heads.4.weight",
+        "fc1.weight",
+        "encoder.embeddings.word_embeddings.weight",
+    } <= changed
+    assert all(p.requires_grad for p in module.student.parameters())
+
+
+def test_stage3_losses_per_head_without_cosine_on_reduced_heads(tiny_bert):
+    module = make(Stage3, tiny_bert)
+    teacher = torch.nn.functional.normalize(torch.randn(6, 24), dim=-1)
+    vectors = {
+        h: torch.nn.functional.normalize(torch.randn(6, module.student.head_dim(h)), dim=-1)
+        for h in module.student.head_names
+    }
+    terms = module.losses(vectors, teacher)
+    assert set(terms) == {
+        "fc1/loss_cos",
+        "fc1/loss_sim",
+        "fc1/loss_resim",
+        "8/loss_sim",
+        "8/loss_resim",
+        "4/loss_sim",
+        "4/loss_resim",
+        "total",
+    }
+    w = module.loss.weights
+    expected = w["cos"] * terms["fc1/loss_cos"] + sum(
+        w[k] * terms[f"{h}/loss_{k}"] for h in ["fc1", "8", "4"] for k in ["sim", "resim"]
+    )
+    assert torch.allclose(terms["total"], expected)
+    without_fc1 = make(Stage3, tiny_bert, keep_fc1_loss=False)
+    assert not any(k.startswith("fc1/") for k in without_fc1.losses(vectors, teacher))
+
+
+def test_stage3_needs_mrl_heads(tiny_bert):
+    student = Student(tiny_bert, fc1_dim=24, mrl_dims=[])
+    with pytest.raises(ValueError, match="mrl_dims is empty"):
+        Stage3(student, DistillLoss(), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+
+
+def test_stage2_rejects_more_layers_than_the_student_has(tiny_bert):
+    with pytest.raises(ValueError, match="unfreeze_layers"):
+        make(Stage2, tiny_bert, unfreeze_layers=5)
