@@ -247,12 +247,12 @@ def minilm():
     )
     from sentence_transformers import SentenceTransformer
 
-    return from_sentence_transformer(
-        SentenceTransformer(str(gt.get_model_path()), device="cpu"), batch_size=64
-    )
+    model = SentenceTransformer(str(gt.get_model_path()), device="cpu")
+    model.max_seq_length = 128  # speed on 2 CPU cores; the STS sentences and most abstracts are shorter
+    return from_sentence_transformer(model, batch_size=64)
 
 
-def dbpedia_subset(n_queries: int = 10, n_docs: int = 500) -> BeirData:
+def dbpedia_subset(n_queries: int = 6, n_docs: int = 250) -> BeirData:
     """First `n_queries` queries; their relevant docs, then their judged non-relevant docs (hard negatives),
     up to `n_docs` documents; qrels restricted to those documents."""
     corpus, queries, qrels = load_beir(DEV / "dbpedia-entity-5k")
@@ -268,7 +268,7 @@ def dbpedia_subset(n_queries: int = 10, n_docs: int = 500) -> BeirData:
 @needs_dev
 def test_minilm_sts_plausible_and_random_near_zero(minilm):
     pairs = load_sts_tsv(DEV / "stsb-dev.tsv")[:200]
-    assert evaluate_sts(minilm, pairs) > 0.75  # all 1,500 pairs: 0.867 (docs/evaluation.md)
+    assert evaluate_sts(minilm, pairs) > 0.75  # measured 0.936; all 1,500 pairs: 0.867 (docs/evaluation.md)
     assert abs(evaluate_sts(random_encoder(), pairs)) < 0.15
 
 
@@ -277,7 +277,7 @@ def test_minilm_retrieval_beats_random_on_dbpedia_subset(minilm):
     corpus, queries, qrels = dbpedia_subset()
     good = evaluate_retrieval(minilm, corpus, queries, qrels, corpus_chunk=128)
     rand = evaluate_retrieval(random_encoder(), corpus, queries, qrels, corpus_chunk=128)
-    assert good["ndcg@10"] > 0.5, good
-    assert rand["ndcg@10"] < 0.35, rand
-    assert good["ndcg@10"] > rand["ndcg@10"] + 0.2
+    assert good["ndcg@10"] > 0.6, good  # measured: 0.79 (max_seq_length 128)
+    assert rand["ndcg@10"] < 0.25, rand  # measured: 0.03-0.10 over seeds
+    assert good["ndcg@10"] > rand["ndcg@10"] + 0.25
     assert good["recall@100"] > rand["recall@100"]
