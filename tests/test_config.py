@@ -1,0 +1,92 @@
+"""Every config group and experiment composes; the documented command lines compose and instantiate."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import jasper.config  # noqa: F401  (resolvers)
+from jasper.train import check_stage
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug"]
+
+
+def compose_train(overrides: list[str], tmp_path: Path | None = None):
+    output = [f"paths.output_dir={tmp_path}"] if tmp_path else ["paths.output_dir=/nonexistent/stage1"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides + output)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
+)
+def test_every_config_composes(override):
+    cfg = compose_train([override])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_picks_its_own_settings(stage):
+    cfg = compose_train([f"stage={stage}", "experiment=jasper_paper"])
+    paper = {1: (1e-4, 4000, "Stage1"), 2: (8e-5, 7000, "Stage2"), 3: (7e-5, 2200, "Stage3")}[stage]
+    settings = cfg.stage_settings
+    assert (settings.module.optimizer.lr, settings.steps, settings.module._target_.split(".")[-1]) == paper
+    assert cfg.trainer.max_steps == paper[1]
+    assert settings.module.scheduler.num_training_steps == paper[1]
+
+
+def test_paper_recipe():
+    cfg = compose_train(["experiment=jasper_paper"])
+    assert [t.model_name_or_path for t in cfg.teachers.teachers] == [
+        "nvidia/NV-Embed-v2",
+        "NovaSearch/stella_en_1.5B_v5",
+    ]
+    assert cfg.model.model_name_or_path == "NovaSearch/stella_en_1.5B_v5"
+    assert list(cfg.model.mrl_dims) == [1024, 512, 256] and cfg.model.max_length == 512
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.stage == 2
+    assert (cfg.loss.cosine, cfg.loss.similarity, cfg.loss.relative_similarity, cfg.loss.margin) == (
+        10,
+        200,
+        20,
+        0.015,
+    )
+
+
+def test_stage3_with_custom_heads_composes_and_instantiates(minilm_path):
+    cfg = compose_train(["stage=3", "model.mrl_dims=[512,768,1024]"])
+    student = instantiate(cfg.model, fc1_dim=768)
+    module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
+    assert student.head_names == ["fc1", "512", "768", "1024"]
+    assert type(module).__name__ == "Stage3"
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(
+        cfg.stage_settings.module.optimizer.lr * 0.0
+    )  # warm-up
+
+
+def test_unknown_stage_is_refused():
+    cfg = compose_train(["stage=4"])
+    with pytest.raises(ValueError, match="unknown stage=4"):
+        check_stage(cfg)
+
+
+def test_deepspeed_strategy_instantiates():
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    cfg = compose_train(["trainer=deepspeed_zero2"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, DeepSpeedStrategy) and strategy.config["zero_optimization"]["stage"] == 2
+
+
+def test_wandb_logger_is_offline_without_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(["logger=wandb"], tmp_path)
+    assert cfg.logger.offline is True
+    logger = instantiate(cfg.logger)
+    assert logger.experiment is not None  # starts an offline run, no network
+    logger.experiment.finish()
