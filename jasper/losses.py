@@ -6,6 +6,7 @@ scalar. Formulas follow "Jasper and Stella: distillation of SOTA embedding model
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -114,18 +115,42 @@ def relative_similarity_loss(
     True
     """
     _check_batch(student, teacher)
-    s = _upper_triangle(_compute_dtype(student, student))  # (M,), differentiable
-    m = len(s)
+    x = _compute_dtype(student, student)  # (B, d_s), differentiable
+    b = len(x)
+    m = b * (b - 1) // 2
     if m < 2:
-        return s.sum() * 0.0
-    if teacher_order is None:
-        teacher_order = teacher_pair_order(teacher)
-    elif teacher_order.shape != (m,):
+        return x.sum() * 0.0
+    if teacher_order is not None and teacher_order.shape != (m,):
         raise ValueError(
-            f"teacher_order has shape {tuple(teacher_order.shape)} but a batch of {len(student)} has {m} pairs: "
+            f"teacher_order has shape {tuple(teacher_order.shape)} but a batch of {b} has {m} pairs: "
             "pass teacher_pair_order(teacher) of this batch's teacher"
         )
-    return _OrderedHingeMean.apply(s, teacher_order.to(s.device), margin)
+    with _one_thread_if_small(m, x.device):
+        if teacher_order is None:
+            teacher_order = teacher_pair_order(teacher)
+        return _OrderedHingeMean.apply(x, teacher_order.to(x.device), margin)
+
+
+_SMALL_PAIRS = 32768  # torch's own grain size: below it, element-wise CPU ops already run on one thread
+
+
+@contextlib.contextmanager
+def _one_thread_if_small(m: int, device: torch.device):
+    """Run a CPU problem of ``m < 32768`` pairs on one intra-op thread (restored afterwards).
+
+    Below that size torch already runs element-wise ops on one thread (``at::internal::GRAIN_SIZE``); the few
+    others (matmul, sort, boolean indexing) would open a parallel region for microseconds of work, and the region's
+    start and barrier then cost more than the work, many times more when the cores are shared with other jobs.
+    """
+    threads = torch.get_num_threads()
+    if m >= _SMALL_PAIRS or device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _compute_dtype(x: Tensor, like: Tensor) -> Tensor:
@@ -146,11 +171,15 @@ def _active(low: Tensor, high: Tensor, margin: float) -> Tensor:
 
 
 class _OrderedHingeMean(torch.autograd.Function):
-    """``sum_{i<j} relu(u_i - u_j + margin) / (M(M-1)/2)`` with ``u = s[order]``; gradient to ``s`` only."""
+    """``sum_{i<j} relu(u_i - u_j + margin) / (M(M-1)/2)`` with ``u = upper_triangle(X X^T)[order]``.
+
+    Takes the student vectors ``X (B, d)`` so that the backward (``dL/dX = (G + G^T) X`` with ``G (B, B)`` the
+    gradient w.r.t. the upper triangle) runs here too, under the same thread policy as the forward.
+    """
 
     @staticmethod
-    def forward(ctx, s: Tensor, order: Tensor, margin: float) -> Tensor:
-        u = s.detach().index_select(0, order)  # (M,) in teacher order
+    def forward(ctx, x: Tensor, order: Tensor, margin: float) -> Tensor:
+        u = _upper_triangle(x.detach()).index_select(0, order)  # (M,) pair similarities in teacher order
         sorted_u, low, high, by_rank = _ranked_active_counts(u, margin)  # all (M,), indexed by rank of u
         slope = low - high  # (M,) int32: d(sum of terms) / d u, per rank
         # Each active term is u_low - u_high + margin, so the sum is sum_k u_k * slope_k + margin * #active.
@@ -161,16 +190,22 @@ class _OrderedHingeMean(torch.autograd.Function):
             dtype=torch.float64
         )
         pairs_of_pairs = len(u) * (len(u) - 1) / 2
-        ctx.save_for_backward(order.index_select(0, by_rank), slope)  # s index of each rank, its slope
+        ctx.save_for_backward(x, order.index_select(0, by_rank), slope)  # pair index of each rank, its slope
         ctx.scale = 1.0 / pairs_of_pairs
-        return (total / pairs_of_pairs).to(s.dtype)
+        return (total / pairs_of_pairs).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
-        s_index, slope = ctx.saved_tensors
-        grad_ranked = slope.to(grad_out.dtype) * (grad_out * ctx.scale)
-        grad_s = torch.empty_like(grad_ranked).index_copy_(0, s_index, grad_ranked)  # grad_s[s_index] = grad
-        return grad_s, None, None
+        x, pair_index, slope = ctx.saved_tensors
+        b = len(x)
+        with _one_thread_if_small(b * (b - 1) // 2, x.device):
+            grad_ranked = slope.to(x.dtype) * (grad_out.to(x.dtype) * ctx.scale)  # (M,) per rank
+            grad_pairs = torch.empty_like(grad_ranked).index_copy_(
+                0, pair_index, grad_ranked
+            )  # (M,) per pair
+            upper = torch.ones(b, b, dtype=torch.bool, device=x.device).triu_(diagonal=1)
+            grad_sim = torch.zeros(b, b, dtype=x.dtype, device=x.device).masked_scatter_(upper, grad_pairs)
+            return (grad_sim + grad_sim.T) @ x, None, None
 
 
 def _active_partner_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor]:
