@@ -1,0 +1,293 @@
+"""Export a student as a sentence-transformers folder that plain ``SentenceTransformer(path)`` loads, every head kept.
+
+Layout (only standard sentence-transformers 6 modules, so loading needs no jasper code)::
+
+    Transformer (the student's encoder and tokenizer, max_seq_length = model.max_length)
+    -> Pooling(mean, prompt tokens included, as the student pools them)
+    -> separate mode: Router({"fc1": [Dense], "256": [Dense], ...}, default route "fc1")   (one Dense per head)
+       prefix mode:   Dense (FC1); every MRL head is a prefix: SentenceTransformer(path, truncate_dim=d)
+    -> Normalize
+
+The Router sits after pooling, so the encoder is stored once and shared by every head; a head is picked with
+``model.encode(texts, task="256")``. ``encode_query``/``encode_document`` route to FC1. The training prompt is
+saved as the model's default prompt. ``jasper_export.json`` records the heads, and README.md is a model card with
+the training config and, when given, measured scores.
+
+Sources: a ``student.pt``, a Lightning ``.ckpt`` file, or a DeepSpeed (ZeRO) checkpoint directory (converted with
+Lightning's ``convert_zero_checkpoint_to_fp32_state_dict``). See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from jasper.checkpoints import read_student_state
+from jasper.student import FC1, Student
+
+log = logging.getLogger(__name__)
+
+EXPORT_FILE = "jasper_export.json"
+STUDENT_KEYS = ("model_name_or_path", "fc1_dim", "mrl_dims", "mrl_mode", "num_layers", "max_length", "prompt")
+
+
+# Reading checkpoints.
+def is_deepspeed_dir(path: str | Path) -> bool:
+    """A DeepSpeed checkpoint directory (Lightning writes ``<name>.ckpt/`` as one): a ``latest`` file or a tag
+    folder holding ``*model_states.pt``."""
+    path = Path(path)
+    return path.is_dir() and ((path / "latest").is_file() or any(path.glob("*/*model_states.pt")))
+
+
+def convert_deepspeed(path: str | Path, output_file: str | Path) -> Path:
+    """Consolidate a ZeRO-2/3 checkpoint directory into one fp32 Lightning checkpoint file (needs deepspeed)."""
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    path = Path(path)
+    tag = None
+    if not (path / "latest").is_file():  # no `latest` pointer: the single tag folder holding the states
+        tags = sorted({p.parent.name for p in path.glob("*/*model_states.pt")})
+        if len(tags) != 1:
+            raise ValueError(f"{path}: no 'latest' file and tag folders {tags}; point at one checkpoint")
+        tag = tags[0]
+    convert_zero_checkpoint_to_fp32_state_dict(str(path), str(output_file), tag=tag)
+    return Path(output_file)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor], dict | None]:
+    """``(student config or None, student state dict, training config or None)`` from any supported source.
+
+    The training config is the checkpoint's ``hyper_parameters["config"]`` (Lightning / DeepSpeed) or the run's
+    ``.hydra/config.yaml`` beside a ``student.pt`` when it exists.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: give a student.pt, a Lightning .ckpt or a DeepSpeed checkpoint directory"
+        )
+    if path.is_dir():
+        if not is_deepspeed_dir(path):
+            raise ValueError(
+                f"{path} is a directory but not a DeepSpeed checkpoint (no 'latest', no */*model_states.pt)"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            converted = convert_deepspeed(path, Path(tmp) / "fp32.ckpt")
+            return read_checkpoint(converted)
+    student_config, state = read_student_state(path)
+    train_config = None
+    payload_hparams = None
+    if student_config is None:  # Lightning checkpoint: the full run config is in its hyper-parameters
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload_hparams = (payload.get("hyper_parameters") or {}).get("config")
+        train_config = payload_hparams
+    hydra_config = path.parent / ".hydra" / "config.yaml"
+    if train_config is None and hydra_config.is_file():
+        train_config = yaml.safe_load(hydra_config.read_text())
+    return student_config, state, train_config
+
+
+def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping | None) -> dict:
+    """Rebuild kwargs of a Student from a training config's ``model`` section and the state dict's shapes."""
+    model = dict((train_config or {}).get("model") or {})
+    if not model.get("model_name_or_path"):
+        raise ValueError(
+            "the checkpoint has no student config and no training config naming model.model_name_or_path: "
+            "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
+        )
+    config = {k: model[k] for k in STUDENT_KEYS if k in model}
+    config["fc1_dim"] = int(state["fc1.weight"].shape[0])
+    heads = sorted({int(k.split(".")[1]) for k in state if k.startswith("heads.")}, reverse=True)
+    if heads:  # separate heads present in the weights win over the config (stage 1/2 .ckpt have none yet)
+        config["mrl_dims"] = heads
+    return config
+
+
+def load_student(path: str | Path, **overrides) -> tuple[Student, dict | None]:
+    """``(Student with the checkpoint's weights, training config or None)`` from student.pt / .ckpt / DeepSpeed dir.
+
+    ``overrides`` replace rebuild kwargs (e.g. ``max_length=128`` for faster evaluation).
+    """
+    student_config, state, train_config = read_checkpoint(path)
+    config = dict(student_config) if student_config is not None else student_config_from(state, train_config)
+    if student_config is not None and not any(k.startswith("heads.") for k in state):
+        if config.get("mrl_mode") == "separate":
+            config["mrl_dims"] = []  # a stage-1/2 student.pt saved before its heads existed
+    config.update(overrides)
+    student = Student(**config)
+    result = student.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not fit the student it describes: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    student.eval()
+    return student, train_config
+
+
+# Writing the sentence-transformers folder.
+def _dense(linear: nn.Linear):
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    dense = Dense(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        activation_function=nn.Identity(),
+    )
+    dense.linear.load_state_dict(linear.state_dict())
+    return dense
+
+
+def build_sentence_transformer(student: Student, workdir: str | Path):
+    """The student as an in-memory ``SentenceTransformer`` (its encoder is written to ``workdir`` and reloaded)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router, Transformer
+
+    workdir = Path(workdir)
+    student.encoder.save_pretrained(workdir)
+    student.tokenizer.save_pretrained(workdir)
+    transformer = Transformer(str(workdir), max_seq_length=student.max_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=True)
+    if student.mrl_mode == "separate" and student.mrl_dims:
+        routes = {FC1: [_dense(student.fc1)]}
+        routes.update({name: [_dense(student.heads[name])] for name in student.head_names[1:]})
+        heads = Router(
+            routes,
+            default_route=FC1,
+            route_mappings={("query", None): FC1, ("document", None): FC1},
+        )
+    else:
+        heads = _dense(student.fc1)
+    # encode_query / encode_document pick the "query" / "document" prompt (sentence-transformers adds empty
+    # ones otherwise, which would override the default): the student uses one prompt for every text.
+    prompts = (
+        {"default": student.prompt, "query": student.prompt, "document": student.prompt}
+        if student.prompt
+        else None
+    )
+    return SentenceTransformer(
+        modules=[transformer, pooling, heads, Normalize()],
+        prompts=prompts,
+        default_prompt_name="default" if prompts else None,
+        device="cpu",
+    )
+
+
+def export_info(student: Student) -> dict:
+    """What ``jasper_export.json`` holds: how each head is reached, and the student's rebuild kwargs."""
+    if student.mrl_mode == "prefix":
+        heads = {FC1: {"dim": student.fc1_dim}}
+        heads.update({str(d): {"dim": d, "truncate_dim": d} for d in student.mrl_dims})
+    else:
+        heads = {name: {"dim": student.head_dim(name), "task": name} for name in student.head_names}
+    return {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
+
+
+def export_student(
+    student: Student,
+    out_dir: str | Path,
+    train_config: Mapping | None = None,
+    scores: str | Path | Sequence | None = None,
+    source: str | None = None,
+) -> Path:
+    """Write ``student`` as a sentence-transformers folder (see the module docstring) and return its path.
+
+    ``scores``: a results JSON written by evaluate.py / ``write_report`` (or a list of ``ResultRow``) to put in
+    the model card.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = export_info(student)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        model = build_sentence_transformer(student, tmp)
+        model.save(str(out_dir), create_model_card=False)
+    (out_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    (out_dir / "README.md").write_text(model_card(student, info, train_config, scores, source))
+    log.info("exported %s with heads %s to %s", source or "student", list(info["heads"]), out_dir)
+    return out_dir
+
+
+def export_checkpoint(
+    ckpt: str | Path, out_dir: str | Path, scores: str | Path | Sequence | None = None
+) -> Path:
+    """Export a student.pt, Lightning .ckpt or DeepSpeed checkpoint directory (python export.py ckpt=... out=...)."""
+    student, train_config = load_student(ckpt)
+    if Path(out_dir).resolve() == Path(ckpt).resolve():
+        raise ValueError("out must differ from ckpt")
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        shutil.rmtree(out_dir)  # a stale export would leave old modules behind
+    return export_student(student, out_dir, train_config=train_config, scores=scores, source=str(ckpt))
+
+
+# Model card.
+def _scores_table(scores: str | Path | Sequence) -> str:
+    from jasper.evaluation.report import load_json, markdown_table
+
+    rows = load_json(scores) if isinstance(scores, str | Path) else list(scores)
+    return markdown_table(rows)
+
+
+def model_card(
+    student: Student,
+    info: dict,
+    train_config: Mapping | None = None,
+    scores: str | Path | Sequence | None = None,
+    source: str | None = None,
+) -> str:
+    """README.md: what the model is, how to load each head, the training config and scores (when given)."""
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: sentence-similarity",
+        "tags: [sentence-transformers, feature-extraction, distillation, jasper]",
+        "---",
+        "",
+        "# Jasper/Stella-distilled student",
+        "",
+        f"Encoder initialised from `{student.model_name_or_path}` ({student.encoder.config.num_hidden_layers} layers), "
+        f"mean pooling, FC1 to {student.fc1_dim} dimensions, MRL mode `{student.mrl_mode}`"
+        + (f", exported from `{source}`." if source else "."),
+        "",
+        "| head | dim | how to get it |",
+        "|---|---|---|",
+    ]
+    for name, head in info["heads"].items():
+        if "truncate_dim" in head:
+            how = f"`SentenceTransformer(path, truncate_dim={head['truncate_dim']})`"
+        elif name == FC1 or len(info["heads"]) == 1:
+            how = "`SentenceTransformer(path).encode(texts)` (default)"
+        else:
+            how = f'`SentenceTransformer(path).encode(texts, task="{name}")`'
+        lines.append(f"| {name} | {head['dim']} | {how} |")
+    lines += [
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "model = SentenceTransformer(path)",
+        "vectors = model.encode(texts, normalize_embeddings=True)   # FC1",
+        "```",
+        "",
+        f"Prompt prepended to every text (saved as the default prompt): {student.prompt!r}. "
+        f"max_seq_length: {student.max_length}.",
+        "",
+    ]
+    if scores is not None:
+        lines += ["## Scores", "", _scores_table(scores), ""]
+    if train_config is not None:
+        lines += [
+            "## Training config",
+            "",
+            "```yaml",
+            yaml.safe_dump(dict(train_config), sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""Export: the sentence-transformers folder reproduces the student's own vectors, for every head and source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jasper.checkpoints import save_student
+from jasper.export import EXPORT_FILE, export_checkpoint, export_student, is_deepspeed_dir, load_student
+from jasper.student import FC1, Student
+
+TEXTS = [
+    "A cat sits on the mat.",
+    "Distillation trains a small student to copy a big teacher.",
+    "short",
+    "Stocks fell sharply on Monday after the announcement, dragging the index to a three-month low.",
+]
+
+
+def _student(path: str, mode: str, prompt: str = "", fc1_dim: int = 48, dims=(32, 16)) -> Student:
+    torch.manual_seed(0)
+    student = Student(
+        path, fc1_dim=fc1_dim, mrl_dims=dims, mrl_mode=mode, num_layers=2, max_length=32, prompt=prompt
+    )
+    with torch.no_grad():  # make the heads differ from a fresh init, so loading the wrong weights shows
+        for p in [*student.fc1.parameters(), *student.heads.parameters()]:
+            p.add_(torch.randn_like(p) * 0.1)
+    return student.eval()
+
+
+def _st(path, **kwargs):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device="cpu", **kwargs)
+
+
+def _check_heads(student: Student, folder) -> None:
+    model = _st(folder)
+    for head in student.head_names:
+        expected = student.encode(TEXTS, head=head)
+        if student.mrl_mode == "prefix" and head != FC1:
+            got = _st(folder, truncate_dim=int(head)).encode(
+                TEXTS, normalize_embeddings=True, convert_to_tensor=True
+            )
+        elif student.mrl_mode == "separate" and head != FC1:
+            got = model.encode(TEXTS, task=head, convert_to_tensor=True)
+        else:
+            got = model.encode(TEXTS, convert_to_tensor=True)
+        assert got.shape == expected.shape, head
+        torch.testing.assert_close(got.float(), expected, atol=1e-5, rtol=1e-5, msg=f"head {head}")
+
+
+@pytest.mark.parametrize("mode", ["separate", "prefix"])
+def test_round_trip_tiny_bert(tiny_bert, tmp_path, mode):
+    student = _student(tiny_bert, mode, prompt="query: ")
+    out = export_student(student, tmp_path / "export")
+    _check_heads(student, out)
+    query = _st(out).encode_query(TEXTS, convert_to_tensor=True)  # routes to FC1, keeps the prompt
+    torch.testing.assert_close(query.float(), student.encode(TEXTS), atol=1e-5, rtol=1e-5)
+    info = json.loads((out / EXPORT_FILE).read_text())
+    assert list(info["heads"]) == student.head_names
+    config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert set(config["prompts"].values()) == {"query: "} and config["default_prompt_name"] == "default"
+    assert "modeling" not in " ".join(p.name for p in out.iterdir())  # no custom code in the folder
+
+
+def test_separate_heads_share_one_encoder(tiny_bert, tmp_path):
+    out = export_student(_student(tiny_bert, "separate"), tmp_path / "export")
+    weights = list(out.rglob("*.safetensors")) + list(out.rglob("*.bin"))
+    encoder_files = [p for p in weights if p.parent == out]
+    assert len(encoder_files) == 1  # the encoder once; each head only a small Dense
+
+
+def test_export_from_student_pt_and_lightning_ckpt(tiny_bert, tmp_path):
+    student = _student(tiny_bert, "separate")
+    save_student(student, tmp_path / "run" / "stage3" / "student.pt")
+    hydra = tmp_path / "run" / "stage3" / ".hydra"
+    hydra.mkdir()
+    (hydra / "config.yaml").write_text("stage: 3\nmodel:\n  num_layers: 2\n")
+    out = export_checkpoint(tmp_path / "run" / "stage3" / "student.pt", tmp_path / "from_pt")
+    _check_heads(student, out)
+    assert "stage: 3" in (out / "README.md").read_text()
+
+    config = {"model": {**student.describe(), "_target_": "jasper.student.Student"}, "stage": 3}
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state["loss.dummy"] = torch.zeros(1)
+    torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, tmp_path / "last.ckpt")
+    out = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "from_ckpt")
+    _check_heads(student, out)
+    assert "_target_: jasper.student.Student" in (out / "README.md").read_text()
+
+
+def test_model_card_lists_scores(tiny_bert, tmp_path):
+    from jasper.evaluation.report import ResultRow, save_json
+
+    scores = save_json([ResultRow("student", FC1, 48, {"stsb-dev": 0.8123})], tmp_path / "scores.json")
+    out = export_student(_student(tiny_bert, "prefix"), tmp_path / "export", scores=scores)
+    card = (out / "README.md").read_text()
+    assert "0.8123" in card and "truncate_dim=32" in card
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_student(tmp_path / "missing.pt")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
+        load_student(tmp_path / "dir")
+    torch.save({"state_dict": {"student.fc1.weight": torch.zeros(4, 2)}}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        load_student(tmp_path / "bare.ckpt")
+
+
+def test_deepspeed_dir_detection(tmp_path):
+    (tmp_path / "a.ckpt" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "a.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt").touch()
+    (tmp_path / "a.ckpt" / "latest").write_text("checkpoint")
+    assert is_deepspeed_dir(tmp_path / "a.ckpt")
+    assert not is_deepspeed_dir(tmp_path)
+
+
+def test_round_trip_minilm_student(minilm_path, tmp_path):
+    """The packaged MiniLM student (3 layers, real weights), separate heads."""
+    torch.manual_seed(0)
+    student = Student(minilm_path, fc1_dim=768, mrl_dims=[256, 64], num_layers=3, max_length=64).eval()
+    _check_heads(student, export_student(student, tmp_path / "export"))
