@@ -163,3 +163,181 @@ class Stage3(DistillModule):
             terms.update(head_terms)
             total = total + head_total
         return {**terms, "total": total}
+
+
+class Stage4(DistillModule):
+    """The vision tower learns to put an image where the student puts its caption.
+
+    Image tokens (:class:`jasper.vision.VisionTower`: timm encoder, k x k pooling, MLP projector) enter the student's
+    language model as input embeddings, then go through its mean pooling, FC1 and heads. The teacher of each head is
+    the caption's vector from the *same* head of the frozen text path (no autograd), so dimensions match and the
+    cosine term applies on every head (stage 3 could not use it only because a reduced head was compared with the
+    full teacher). Per head: cos + sim + resim (``loss``); the heads' totals are averaged.
+
+    ``vision``: a tower, or a factory taking ``embed_dim`` (the config's ``_partial_`` VisionTower).
+    ``train_text``: also train the language model and heads (default: frozen, as in the paper).
+    ``vision_init_from``: a ``vision.pt`` or stage-4 ``.ckpt`` to continue from. ``save_path``: where the tower
+    is written at the end of fit (``vision.pt`` beside ``student.pt``). ``report_dir``: where the held-out
+    image<->caption recall before and after training is written (``image_retrieval.{json,md}``).
+    """
+
+    def __init__(
+        self,
+        student: Student,
+        loss: DistillLoss,
+        vision,
+        train_text: bool = False,
+        vision_init_from: str | None = None,
+        save_path: str | None = None,
+        report_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from jasper.vision import VisionTower, load_vision_weights
+
+        tower = (
+            vision
+            if isinstance(vision, VisionTower)
+            else vision(embed_dim=student.encoder.config.hidden_size)
+        )
+        if vision_init_from:
+            load_vision_weights(tower, vision_init_from)
+        self.train_text = train_text  # read by trainable_parameters() during the base __init__
+        super().__init__(student, loss, **kwargs)
+        self.vision = tower
+        self.vision.requires_grad_(True)
+        self.student.attach_vision(tower)
+        self.save_path = save_path
+        self.report_dir = report_dir
+        self.recall_before: dict[str, float] | None = None
+        self._val_pairs: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+        self._caption_cache: dict[str, dict[str, Tensor]] = {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters()) if self.train_text else []
+
+    def trained_heads(self) -> list[str]:
+        return self.student.head_names
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        from jasper.vision import image_vectors
+
+        return image_vectors(self.student, self.vision, batch["pixels"], heads=self.trained_heads())
+
+    def caption_vectors(self, batch: dict) -> dict[str, Tensor]:
+        """The teacher: the captions' vectors from the student's text path, without autograd. While the text path
+        is frozen they never change, so each caption is encoded once and kept (on CPU)."""
+        heads = self.trained_heads()
+        with torch.no_grad():
+            if self.train_text or "captions" not in batch:
+                return self.student(batch["input_ids"], batch["attention_mask"], heads=heads)
+            captions = batch["captions"]
+            missing = [i for i, c in enumerate(captions) if c not in self._caption_cache]
+            if missing:
+                rows = torch.tensor(missing, device=batch["input_ids"].device)
+                fresh = self.student(batch["input_ids"][rows], batch["attention_mask"][rows], heads=heads)
+                for j, i in enumerate(missing):
+                    self._caption_cache[captions[i]] = {h: fresh[h][j].cpu() for h in heads}
+            return {
+                h: torch.stack([self._caption_cache[c][h] for c in captions]).to(self.device) for h in heads
+            }
+
+    def losses(self, vectors: dict[str, Tensor], teacher: dict[str, Tensor]) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        total = 0.0
+        for head in self.trained_heads():
+            head_terms, head_total = self.head_losses(head, vectors[head], teacher[head], use_cosine=True)
+            terms.update(head_terms)
+            total = total + head_total
+        return {**terms, "total": total / len(self.trained_heads())}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "transform", None) is None:
+            datamodule.transform = self.vision.transform  # the tower's own timm preprocessing
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.student.encoder_frozen:
+            self.student.encoder.eval()  # Lightning's train() after validation would turn dropout back on
+        teacher = self.caption_vectors(batch)
+        terms = self.losses(self(batch), teacher)
+        size = len(batch["pixels"])
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "total"}, batch_size=size)
+        self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=size)
+        return terms["total"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images, captions = self(batch), self.caption_vectors(batch)
+        self.log("val/loss", self.losses(images, captions)["total"], batch_size=len(batch["pixels"]))
+        self._val_pairs.append(
+            ({k: v.cpu() for k, v in images.items()}, {k: v.cpu() for k, v in captions.items()})
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_pairs:
+            return
+        for head, scores in self._recall(self._val_pairs).items():
+            for name, value in scores.items():
+                self.log(f"val/{head}/{name}", value)
+        self._val_pairs.clear()
+
+    @staticmethod
+    def _recall(outputs: list[tuple[dict[str, Tensor], dict[str, Tensor]]]) -> dict[str, dict[str, float]]:
+        from jasper.evaluation.image_retrieval import pair_recall
+
+        heads = outputs[0][0].keys()
+        return {
+            head: {
+                k.replace("image->caption ", "i2t_").replace("caption->image ", "t2i_"): v
+                for k, v in pair_recall(
+                    torch.cat([i[head] for i, _ in outputs]), torch.cat([c[head] for _, c in outputs])
+                ).items()
+            }
+            for head in heads
+        }
+
+    @torch.no_grad()
+    def held_out_recall(self) -> list:
+        """Rows (:class:`jasper.evaluation.report.ResultRow`) of held-out recall, one per head."""
+        from jasper.evaluation.image_retrieval import pair_recall
+        from jasper.evaluation.report import ResultRow
+
+        datamodule = self.trainer.datamodule
+        was_training = self.training
+        self.eval()
+        outputs = []
+        for batch in datamodule.val_dataloader():
+            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            outputs.append(({k: v.cpu() for k, v in self(batch).items()}, self.caption_vectors(batch)))
+        self.train(was_training)
+        rows = []
+        for head in self.trained_heads():
+            images = torch.cat([i[head] for i, _ in outputs])
+            captions = torch.cat([c[head].cpu() for _, c in outputs])
+            metrics = {**pair_recall(images, captions), "chance R@1": 1.0 / len(images)}
+            rows.append(ResultRow("", head, self.student.head_dim(head), metrics))
+        return rows
+
+    def configure_optimizers(self):
+        parameters = [
+            p for p in self.parameters() if p.requires_grad
+        ]  # the tower (+ the student if train_text)
+        optimizer = self.optimizer_factory(parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.report_dir and self.trainer.is_global_zero:
+            self.recall_before = self.held_out_recall()
+
+    def on_fit_end(self) -> None:
+        from jasper.evaluation.image_retrieval import write_before_after
+        from jasper.vision import save_vision
+
+        if not self.trainer.is_global_zero:
+            return
+        if self.save_path:
+            save_vision(self.vision, self.save_path)
+        if self.report_dir:
+            write_before_after(self.recall_before or [], self.held_out_recall(), self.report_dir)

@@ -115,6 +115,9 @@ class Student(nn.Module):
             {str(d): nn.Linear(hidden, d) for d in mrl_dims} if mrl_mode == "separate" else {}
         )
         self.encoder_frozen = False
+        self.__dict__["vision"] = (
+            None  # an attached VisionTower (stage 4), not a submodule: see attach_vision
+        )
 
     @property
     def head_names(self) -> list[str]:
@@ -159,18 +162,48 @@ class Student(nn.Module):
     ) -> dict[str, Tensor]:
         return self.project(self.pooled(input_ids, attention_mask), heads)
 
+    def pooled_from_embeds(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        """Mean-pooled last hidden state of input embeddings ``(B, T, H), (B, T) -> (B, H)`` (stage 4's image tokens).
+
+        Autograd stays on even when the encoder is frozen: the gradient must reach the embeddings (the vision tower).
+        """
+        hidden = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+    def attach_vision(self, tower: nn.Module | None) -> None:
+        """Let ``encode(images=...)`` use ``tower`` (a :class:`jasper.vision.VisionTower`). The tower is referenced,
+        not registered: ``state_dict()`` and ``student.pt`` stay the text model (the tower saves as ``vision.pt``)."""
+        self.__dict__["vision"] = tower
+
     @torch.inference_mode()
     def encode(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | None = None,
         head: str = FC1,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        images: Sequence | None = None,
     ) -> Tensor:
-        """Normalised vectors ``(N, d)`` (float32, CPU) of one head, in the order of ``texts``."""
-        texts = list(texts)
+        """Normalised vectors ``(N, d)`` (float32, CPU) of one head, in the order of ``texts``.
+
+        ``images=[...]`` (paths or PIL images) instead of texts: vectors of the same space through the attached
+        vision tower (:meth:`attach_vision`, stage 4).
+        """
         if head not in self.head_names:
             raise KeyError(f"unknown head {head!r}; this student has {self.head_names}")
+        if images is not None:
+            if texts is not None:
+                raise ValueError("encode texts or images, not both in one call")
+            if self.vision is None:
+                raise ValueError(
+                    "encode(images=...) needs a vision tower: student.attach_vision(jasper.vision.load_vision(path))"
+                )
+            from jasper.vision import encode_images
+
+            return encode_images(self, self.vision, images, head, batch_size)
+        if texts is None:
+            raise ValueError("encode needs texts (or images=...)")
+        texts = list(texts)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

@@ -20,6 +20,22 @@ def check_stage(cfg: DictConfig) -> None:
         raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
 
 
+def stage_data(cfg: DictConfig) -> DictConfig:
+    """``cfg.data``, unless the stage names data of another kind (stage 4: image-caption pairs) and ``data=`` is a
+    text corpus: then the stage's own default (``stages.stage4.data``)."""
+    own = cfg.stage_settings.get("data")
+    if own is None or cfg.data.get("_target_") == own.get("_target_"):
+        return cfg.data
+    log.info(
+        "stage %s trains on %s, not data=%s: using stages.stage%s.data",
+        cfg.stage,
+        own._target_,
+        cfg.data._target_,
+        cfg.stage,
+    )
+    return own
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
     check_stage(cfg)
@@ -29,7 +45,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     init_from = resolve_init_from(cfg.stage_settings.init_from, cfg.stage, cfg.paths.output_dir)
     if init_from is not None:
         load_student_weights(student, init_from)
-    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize)
+    datamodule = instantiate(stage_data(cfg), teachers=teachers, tokenize=student.tokenize)
     module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -1,0 +1,219 @@
+"""Jasper's vision tower (stage 4): a timm image encoder, a k x k token pooler and an MLP projector into the
+student encoder's input embedding space.
+
+The projected image tokens enter the *same* language model as text tokens (``inputs_embeds``), wrapped in the
+special tokens that the tokenizer puts around an empty text (``[CLS] ... [SEP]`` for BERT; nothing for most decoder
+tokenizers), then go through the usual mean pooling, FC1 and heads: one model, one vector space.
+
+    images -> timm ViT -> patch tokens (B, N, D) -> grid (B, D, g, g) -> adaptive avg pool (B, k*k, D)
+           -> MLP (B, k*k, H) -> [prefix] + tokens + [suffix] -> student encoder -> mean pool -> FC1 / heads
+
+The tower is attached to the student (``student.attach_vision(tower)``) but not owned by it: ``student.pt`` stays
+the text model that stages 1-3 and export read, and ``vision.pt`` beside it holds the tower (:func:`save_vision`,
+:func:`load_vision`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from jasper.student import Student
+
+log = logging.getLogger(__name__)
+VISION_FILE = "vision.pt"
+
+
+class VisionTower(nn.Module):
+    """timm backbone -> ``pool_size x pool_size`` tokens -> MLP to ``embed_dim`` (the student's hidden size).
+
+    ``model_name``: any timm ViT-style model with a patch grid (paper: ``vit_so400m_patch14_siglip_384``).
+    ``pretrained``: load timm's weights (needs the hub or a local cache); the offline default is random.
+    ``timm_kwargs``: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ``depth``, ...).
+    ``data_config``: overrides of timm's data config (``crop_pct``, ``interpolation``, ...).
+    ``projector_hidden``: the MLP's hidden width (default: ``embed_dim``).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        model_name: str = "vit_tiny_patch16_224",
+        pretrained: bool = False,
+        pool_size: int = 4,
+        projector_hidden: int | None = None,
+        timm_kwargs: dict | None = None,
+        data_config: dict | None = None,
+        pretrained_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        timm_kwargs = dict(timm_kwargs or {})
+        if pretrained_path:  # a local weights file for users without hub access
+            timm_kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
+        if pool_size < 1:
+            raise ValueError(f"vision.pool_size={pool_size} must be >= 1 (tokens per image: pool_size**2)")
+        self.settings = {
+            "model_name": model_name,
+            "pool_size": pool_size,
+            "projector_hidden": projector_hidden,
+            "timm_kwargs": {k: v for k, v in timm_kwargs.items() if k != "pretrained_cfg_overlay"},
+            "data_config": dict(data_config or {}),
+            "embed_dim": embed_dim,
+        }
+        self.backbone = timm.create_model(
+            model_name, pretrained=pretrained or bool(pretrained_path), num_classes=0, **timm_kwargs
+        )
+        if not hasattr(self.backbone, "forward_features"):
+            raise ValueError(f"timm model {model_name} has no forward_features; use a ViT-style model")
+        self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
+        width = int(self.backbone.num_features)
+        hidden = projector_hidden or embed_dim
+        self.pool_size = pool_size
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.projector = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+        self.data_config = self._data_config(data_config or {})
+        self.transform = self._transform()
+
+    def _data_config(self, overrides: dict) -> dict:
+        from timm.data import resolve_data_config
+
+        config = resolve_data_config({}, model=self.backbone)
+        img_size = getattr(getattr(self.backbone, "patch_embed", None), "img_size", None)
+        if img_size is not None:  # a custom img_size is not in the pretrained config timm resolves from
+            config["input_size"] = (3, *tuple(img_size))
+        config.update(overrides)
+        return config
+
+    def _transform(self):
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config, is_training=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.pool_size**2
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> Tensor:
+        """Paths or PIL images -> ``(B, 3, S, S)`` pixels, converted to RGB, with the tower's own transform."""
+        return torch.stack([self.transform(load_rgb(image)) for image in images])
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` -> image tokens in the student's input space ``(B, pool_size**2, embed_dim)``."""
+        tokens = self.backbone.forward_features(pixels)  # (B, prefix + N, D) or (B, D, h, w)
+        if tokens.dim() == 4:  # convolutional backbones: already a grid
+            grid = tokens
+        else:
+            patches = tokens[:, self.num_prefix_tokens :]  # (B, N, D)
+            side = math.isqrt(patches.shape[1])
+            if side * side != patches.shape[1]:
+                raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+            grid = patches.transpose(1, 2).reshape(len(patches), -1, side, side)  # (B, D, g, g)
+        pooled = self.pool(grid).flatten(2).transpose(1, 2)  # (B, k*k, D)
+        return self.projector(pooled)
+
+    def describe(self) -> dict:
+        """What it takes to rebuild this tower (saved next to its weights)."""
+        return dict(self.settings)
+
+
+def load_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image in RGB from a path or an image (palette, grey, RGBA and CMYK images are converted)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def wrap_tokens(student: Student, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """``[prefix] + image tokens + [suffix]`` embeddings and their attention mask, ``(B, T, H)`` and ``(B, T)``.
+
+    The prefix and suffix are the embeddings of the tokens the tokenizer puts around an empty text (with the
+    student's prompt, if it has one): the language model sees images framed the way it sees texts.
+    """
+    ids = student.tokenize([""])["input_ids"][0].to(tokens.device)
+    embed = student.encoder.get_input_embeddings()
+    special = embed(ids).to(tokens.dtype)  # (S, H)
+    split = len(ids) - 1 if len(ids) >= 2 else len(ids)
+    prefix, suffix = special[:split], special[split:]
+    batch = len(tokens)
+    embeds = torch.cat(
+        [prefix.expand(batch, -1, -1), tokens, suffix.expand(batch, -1, -1)], dim=1
+    )  # (B, T, H)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=tokens.device)
+    return embeds, mask
+
+
+def image_vectors(
+    student: Student, tower: VisionTower, pixels: Tensor, heads: Sequence[str] | None = None
+) -> dict[str, Tensor]:
+    """Normalised image vectors by head, through the student's language model (gradients flow to the tower)."""
+    embeds, mask = wrap_tokens(student, tower(pixels))
+    return student.project(student.pooled_from_embeds(embeds, mask), heads)
+
+
+@torch.inference_mode()
+def encode_images(
+    student: Student,
+    tower: VisionTower,
+    images: Sequence[Image.Image | str | Path],
+    head: str,
+    batch_size: int = 64,
+) -> Tensor:
+    """Normalised vectors ``(N, d)`` (float32, CPU) of one head for images (paths or PIL), in order."""
+    images = list(images)
+    was_training = (student.training, tower.training)
+    student.eval()
+    tower.eval()
+    device = next(tower.parameters()).device
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = tower.preprocess(images[start : start + batch_size]).to(device)
+        chunks.append(image_vectors(student, tower, pixels, heads=[head])[head].cpu())
+    student.train(was_training[0])
+    tower.train(was_training[1])
+    return torch.cat(chunks) if chunks else torch.empty(0, student.head_dim(head))
+
+
+def save_vision(tower: VisionTower, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": tower.describe(), "state_dict": tower.state_dict()}, path)
+
+
+def load_vision(path: str | Path, pretrained: bool = False) -> VisionTower:
+    """Rebuild a tower from a ``vision.pt`` (written at the end of stage 4) and load its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no vision tower at {path}: stage 4 writes vision.pt next to student.pt")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    tower = VisionTower(**payload["config"], pretrained=pretrained)
+    tower.load_state_dict(payload["state_dict"])
+    log.info("vision tower loaded from %s", path)
+    return tower
+
+
+def load_vision_weights(tower: VisionTower, path: str | Path) -> None:
+    """Load a ``vision.pt`` or a stage-4 Lightning ``.ckpt`` into ``tower`` (same architecture)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    state = payload["state_dict"]
+    if "config" not in payload:  # a Lightning checkpoint: the tower's keys carry the module's prefix
+        state = {k.removeprefix("vision."): v for k, v in state.items() if k.startswith("vision.")}
+    tower.load_state_dict(state)
+    log.info("vision tower initialised from %s", path)
+
+
+def cosine_grid(image_vecs: Tensor, text_vecs: Tensor) -> Tensor:
+    """``(N, d), (M, d) -> (N, M)`` cosine similarities of normalised vectors."""
+    return F.normalize(image_vecs, dim=-1) @ F.normalize(text_vecs, dim=-1).T
