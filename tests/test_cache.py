@@ -1,0 +1,237 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from jasper.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
+from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
+
+SHARD_ROWS = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batches on a busy machine: one intra-op thread is many times faster (and the same in every process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def texts(docstrings):
+    return docstrings[:70]  # 5 shards of 16 rows (the last one short)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_bert):
+    return HuggingFaceTeacher(tiny_bert, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, texts, teacher):
+    """An uninterrupted build: the bytes every other build must reproduce."""
+    cache = TeacherCache(tmp_path_factory.mktemp("reference"))
+    cache.build(texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False)
+    return cache
+
+
+def shard_bytes(cache, teacher):
+    folder = cache.teacher_dir(teacher)
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.npy"))}
+
+
+def test_cached_rows_are_the_ensembles_vectors_in_float16(reference, texts, teacher):
+    reader = reference.reader([teacher])
+    direct = TeacherEnsemble([teacher]).encode(texts, show_progress=False)
+    assert reader.dim == teacher.dim and len(reader) == len(texts)
+    assert torch.allclose(reader[np.arange(len(texts))], direct, atol=2e-3)
+    rows = reader.lookup(text_ids([texts[5], texts[60]]))
+    assert rows.tolist() == [5, 60]
+    assert torch.equal(reader[5], reader[[5]][0])
+    manifest = reference.manifest(teacher)
+    assert manifest["rows"] == 70 and [s["rows"] for s in manifest["shards"]] == [16, 16, 16, 16, 6]
+    assert manifest["teacher"]["max_length"] == 32 and manifest["teacher"]["dtype"] == "float16"
+    assert verify_tree(reference.root) == []
+
+
+def test_teachers_concatenate_at_read_time_and_a_new_teacher_encodes_only_itself(
+    tmp_path, texts, teacher, tiny_qwen2
+):
+    cache = TeacherCache(tmp_path)
+    cache.build(texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False)
+    before = {p: p.stat().st_mtime_ns for p in cache.teacher_dir(teacher).iterdir()}
+    second = HuggingFaceTeacher(tiny_qwen2, pooling="last", max_length=32)
+    cache.build(texts, [teacher, second], batch_size=2, show_progress=False)
+    assert {p: p.stat().st_mtime_ns for p in cache.teacher_dir(teacher).iterdir()} == before
+    both = cache.reader([teacher, second])[np.arange(len(texts))]
+    expected = TeacherEnsemble([teacher, second]).encode(texts, show_progress=False)
+    assert both.shape == (70, teacher.dim + second.dim)
+    assert torch.allclose(both, expected, atol=2e-3)
+
+
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    import jasper.cache as cache
+    from jasper.teachers import HuggingFaceTeacher
+
+    model, root, texts_file, point, count = sys.argv[1:6]
+    count = int(count)
+    texts = json.load(open(texts_file))
+    teacher = HuggingFaceTeacher(model, max_length=32)
+    calls = {"n": 0}
+
+    def die_after(function):
+        def wrapped(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > count:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return function(*args, **kwargs)
+        return wrapped
+
+    if point == "encode":          # in the middle of a shard's batches
+        teacher.encode = die_after(teacher.encode)
+    elif point == "rename":        # shard written and fsynced, not yet renamed into place
+        cache.os.replace = die_after(os.replace)
+    elif point == "manifest":      # every shard in place, no manifest yet
+        cache.TeacherCache._finish = die_after(cache.TeacherCache._finish)
+    cache.TeacherCache(root).build(texts, [teacher], batch_size=2, shard_rows=16, show_progress=False)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "point,count",
+    [
+        ("encode", 5),
+        pytest.param("rename", 6, marks=pytest.mark.slow),
+        pytest.param("manifest", 0, marks=pytest.mark.slow),
+    ],
+)
+def test_a_build_killed_anywhere_resumes_bitwise_identical(
+    tmp_path, texts, teacher, tiny_bert, reference, point, count
+):
+    texts_file = tmp_path / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    root = tmp_path / "cache"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    result = subprocess.run(
+        [sys.executable, str(script), tiny_bert, str(root), str(texts_file), point, str(count)],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == -9, result.stderr[-2000:]  # SIGKILL
+    cache = TeacherCache(root)
+    assert cache.manifest(teacher) is None
+    assert verify_tree(root) != []  # an unfinished build is reported as such
+    done = {p.name: p.stat().st_mtime_ns for p in cache.teacher_dir(teacher).glob("shard-*.npy")}
+    assert 0 < len(done) or point == "encode"
+    calls = []
+    encode = teacher.encode
+    teacher.encode = lambda chunk, batch_size: calls.append(len(chunk)) or encode(chunk, batch_size)
+    try:
+        cache.build(texts, [teacher], batch_size=2, show_progress=False)
+    finally:
+        del teacher.encode
+    sizes = {f"shard-{i:05d}.npy": min(SHARD_ROWS, len(texts) - SHARD_ROWS * i) for i in range(5)}
+    assert sum(calls) == len(texts) - sum(sizes[name] for name in done)
+    for name, mtime in done.items():  # finished shards were not recomputed
+        assert (cache.teacher_dir(teacher) / name).stat().st_mtime_ns == mtime
+    assert not list(cache.teacher_dir(teacher).glob(".*.tmp"))
+    assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
+    assert cache.manifest(teacher)["shards"] == reference.manifest(teacher)["shards"]
+    assert verify_tree(root) == []
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("point", ["replace", "_finish"])
+def test_a_build_that_crashes_before_a_rename_or_the_manifest_resumes(
+    tmp_path, texts, teacher, reference, monkeypatch, point
+):
+    """The in-process twin of the SIGKILL test above (fast): a crash leaves a temp file or no manifest."""
+    import jasper.cache as cache_module
+
+    calls = {"n": 0}
+    target = (cache_module.os, "replace") if point == "replace" else (TeacherCache, "_finish")
+    original = getattr(*target)
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > (5 if point == "replace" else 0):
+            raise Crash
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(*target, crash)
+    with pytest.raises(Crash):
+        TeacherCache(tmp_path).build(
+            texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False
+        )
+    monkeypatch.undo()
+    cache = TeacherCache(tmp_path)
+    assert cache.manifest(teacher) is None
+    cache.build(texts, [teacher], batch_size=2, show_progress=False)
+    assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
+    assert verify_tree(tmp_path) == []
+
+
+def test_a_cache_for_another_teacher_configuration_is_refused(tmp_path, texts, teacher, tiny_bert):
+    cache = TeacherCache(tmp_path)
+    cache.build(texts[:20], [teacher], batch_size=2, show_progress=False)
+    other = HuggingFaceTeacher(tiny_bert, max_length=16, prompt="query: ")
+    with pytest.raises(CacheMismatch, match="max_length: cache has 32, this run has 16") as error:
+        cache.reader([other])
+    assert "prompt: cache has '', this run has 'query: '" in str(error.value)
+    with pytest.raises(CacheMismatch, match="different texts"):
+        cache.build(texts[:21], [teacher], show_progress=False)
+    with pytest.raises(CacheMismatch, match="1 of 2 texts of this run are not in the cache"):
+        cache.reader([teacher]).lookup(text_ids([texts[0], "a text that was never cached"]))
+
+
+def test_verify_detects_corruption_and_non_finite_rows(tmp_path, reference, teacher, capsys):
+    root = tmp_path / "copy"
+    os.system(f"cp -r {reference.root} {root}")  # noqa: S605 (test-local copy)
+    assert main(["verify", str(root)]) == 0
+    folder = TeacherCache(root).teacher_dir(teacher)
+    shard = folder / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit in one vector
+    shard.write_bytes(bytes(data))
+    array = np.load(folder / "shard-00003.npy")
+    array[2, 0] = np.nan
+    array[4, 1] = np.inf
+    np.save(folder / "shard-00003.npy", array)
+    (folder / "shard-00004.npy").unlink()
+    problems = verify_tree(root)
+    assert any("shard-00001.npy: vectors hash differs" in p for p in problems)
+    assert any("shard-00003.npy: 2 row(s) with NaN/inf" in p for p in problems)
+    assert any("shard-00004.npy: missing" in p for p in problems)
+    assert main(["verify", str(root)]) == 1
+    assert "PROBLEM" in capsys.readouterr().out
+
+
+def test_nan_vectors_are_never_written(tmp_path, texts, teacher):
+    class Broken:
+        name, dim = "broken", 4
+
+        def encode(self, chunk, batch_size):
+            out = torch.ones(len(chunk), 4)
+            out[0, 0] = float("nan")
+            return out
+
+    with pytest.raises(ValueError, match="NaN/inf"):
+        TeacherCache(tmp_path).build(texts[:10], [Broken()], show_progress=False)
+    assert not list((tmp_path / "broken").glob("shard-*"))
