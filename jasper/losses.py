@@ -165,11 +165,6 @@ def _upper_triangle(vectors: Tensor) -> Tensor:
     return (vectors @ vectors.T)[upper]
 
 
-def _active(low: Tensor, high: Tensor, margin: float) -> Tensor:
-    """Whether ``relu(low - high + margin)`` is active, with the reference's exact float expression."""
-    return (low - high + margin) > 0
-
-
 class _OrderedHingeMean(torch.autograd.Function):
     """``sum_{i<j} relu(u_i - u_j + margin) / (M(M-1)/2)`` with ``u = upper_triangle(X X^T)[order]``.
 
@@ -222,17 +217,16 @@ def _active_partner_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor]:
 def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Active hinge counts of every element of ``u`` (teacher order), listed by the element's rank in ``u``.
 
-    Returns ``(sorted_u, low, high, by_rank)``, all ``(M,)``: ``by_rank`` (int64) is the stable ascending argsort
-    of ``u``, ``sorted_u = u[by_rank]``, and for the element at position ``i = by_rank[r]`` (int32 counts)::
+    Returns ``(sorted_u, low, high, by_rank)``, all ``(M,)``: ``by_rank`` (int64) is an ascending argsort of
+    ``u``, ``sorted_u = u[by_rank]``, and for the element at position ``i = by_rank[r]`` (int32 counts)::
 
         low[r]  = #{j > i: relu(u_i - u_j + margin) > 0}     (active as the lower element of a term)
         high[r] = #{k < i: relu(u_k - u_i + margin) > 0}     (active as the upper element)
 
-    1. Exact hinge boundaries: ``u_j`` is an active partner above ``u_i`` iff ``u_j < below_limit_i`` and ``u_k``
-       one below iff ``u_k >= above_limit_i`` (limits found on the float grid with the reference's own float
-       expression, :func:`_smallest_true`). With ranks ``rank(u)`` (a permutation of ``0..M-1``) and thresholds
-       ``qa = #{u < below_limit}``, ``qb = #{u < above_limit}`` (``searchsorted``), ``u_j < below_limit_i`` iff
-       ``rank_j < qa_i``, so ``qa_i`` partners in all have an active hinge with ``i`` below them.
+    1. Exact hinge boundaries, as ranks: ranks (a permutation of ``0..M-1``) follow ``sorted_u``, and the hinge
+       predicate is monotone in the partner's value, so ``qa_i = #{j: relu(u_i - u_j + margin) > 0}`` partners (in
+       all) have an active hinge with ``i`` below them, exactly those of rank ``< qa_i``; likewise the ``qb_i`` of
+       rank ``< qb_i`` have an inactive one with ``i`` above them (:func:`_hinge_rank_thresholds`).
     2. Only prefix counts remain: ``low_i = qa_i - #{j <= i: rank_j < qa_i}`` and
        ``high_i = i - #{k < i: rank_k < qb_i}``, ``2M`` dominance queries answered together by
        :func:`_prefix_rank_counts` in O(M log M) time and O(M) memory.
@@ -245,12 +239,7 @@ def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Ten
         raise ValueError(
             "relative_similarity_loss: the student's pair similarities are not all finite (NaN or inf)"
         )
-    below_limit = _smallest_inactive_high(sorted_u, margin)  # (M,) ascending, like sorted_u
-    above_limit = _smallest_active_low(sorted_u, margin)
-    # Thresholds in ranks: qa[r] = #{u < below_limit[r]} (active partners above), qb[r] = #{u < above_limit[r]}.
-    qa = torch.searchsorted(sorted_u, below_limit, out_int32=True)
-    qb = torch.searchsorted(sorted_u, above_limit, out_int32=True)
-    del below_limit, above_limit
+    qa, qb = _hinge_rank_thresholds(sorted_u, margin)  # (M,) int32 each
     m = len(u)
     ranks = torch.arange(m, dtype=torch.int32, device=u.device)
     rank_of = torch.empty_like(ranks).scatter_(0, by_rank, ranks)  # (M,) rank of the element at each position
@@ -324,87 +313,56 @@ def _prefix_rank_counts(rank_of: Tensor, prefix: Tensor, threshold: Tensor) -> T
     return count
 
 
-def _smallest_active_low(high: Tensor, margin: float) -> Tensor:
-    """Per element ``b``: the smallest float ``a`` with ``_active(a, b)`` (true from there on up)."""
-    return _smallest_true(high - margin, high, lambda a, b: _active(a, b, margin))
+def _hinge_rank_thresholds(sorted_u: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """For ascending ``sorted_u (M,)``, per element ``x``: ``qa = #{v: active(x, v)}``, ``qb = #{v: not active(v, x)}``.
 
-
-def _smallest_inactive_high(low: Tensor, margin: float) -> Tensor:
-    """Per element ``a``: the smallest float ``b`` with ``not _active(a, b)`` (true from there on up)."""
-    return _smallest_true(low + margin, low, lambda b, a: ~_active(a, b, margin))
-
-
-def _smallest_true(guess: Tensor, other: Tensor, pred) -> Tensor:
-    """Per element, the smallest float ``x`` with ``pred(x, other)``, for a predicate monotone in ``x``.
-
-    The guess is almost always the answer or a neighbour of it, which one vectorised check settles. The rest (when
-    the rounding of ``low - high`` is coarser than the spacing of floats near ``x``, e.g. ``x`` near 0 against a
-    margin of 0.015) are found by a galloping then bisecting search over the float grid, so that the boundary is
-    exact in every case.
+    ``active(low, high)`` is the reference's own float expression ``relu(low - high + margin) > 0``, monotone in
+    either argument, so both counts are searchsorted-like boundaries in ``sorted_u``. The guesses
+    ``searchsorted(sorted_u, x + margin)`` and ``searchsorted(sorted_u, x - margin, right=True)`` are right
+    unless a value lies within rounding of the boundary (a neighbour check finds those, typically a handful);
+    these few get an exact bisection over the indices, evaluating the predicate itself. Returns two int32 ``(M,)``.
     """
-    at_guess = pred(guess, other)
-    neighbour = torch.where(at_guess, _float_step(guess, -1), _float_step(guess, +1))
-    at_neighbour = pred(neighbour, other)
-    answer = torch.where(at_guess, guess, neighbour)
-    unsettled = at_guess == at_neighbour
-    if not bool(unsettled.any()):
-        return answer
-    idx = unsettled.nonzero().squeeze(1)
-    other_idx = other.index_select(0, idx)
-    found = _bisect_floats(
-        guess.index_select(0, idx), at_guess.index_select(0, idx), lambda x: pred(x, other_idx)
+    qa = _count_true_prefix(
+        sorted_u,
+        torch.searchsorted(sorted_u, sorted_u + margin, out_int32=True),
+        lambda v, x: _active(x, v, margin),  # true for the smaller partners v
     )
-    answer.index_copy_(0, idx, found)
-    return answer
+    qb = _count_true_prefix(
+        sorted_u,
+        torch.searchsorted(sorted_u, sorted_u - margin, out_int32=True, right=True),
+        lambda v, x: ~_active(v, x, margin),  # true for the smaller partners v
+    )
+    return qa, qb
 
 
-def _bisect_floats(guess: Tensor, true_at_guess: Tensor, pred) -> Tensor:
-    """Smallest float with ``pred`` per element, searching the float grid as ordered integers (see above)."""
-    dtype = guess.dtype
-    start = _float_key(guess)
-    direction = torch.where(true_at_guess, -1, 1)
-    lowest, highest = _float_key(guess.new_tensor([-float("inf"), float("inf")])).tolist()
-    near, far = (
-        start.clone(),
-        start.clone(),
-    )  # near: pred equals pred(guess); far: the first key where it flips
-    pending = torch.ones_like(true_at_guess)
-    step = 1
-    while bool(pending.any()):  # gallop: 1, 2, 4, ... floats away until the predicate flips
-        probe = (near + direction * step).clamp(lowest, highest)
-        flipped = pred(_key_float(probe, dtype)) != true_at_guess
-        far = torch.where(pending & flipped, probe, far)
-        near = torch.where(pending & ~flipped, probe, near)
-        pending &= ~flipped
-        step *= 2
-    lo = torch.where(true_at_guess, far, near)  # pred false
-    hi = torch.where(true_at_guess, near, far)  # pred true
-    while bool((hi - lo > 1).any()):
-        mid = lo + (hi - lo) // 2
-        true_at_mid = pred(_key_float(mid, dtype))
-        hi, lo = torch.where(true_at_mid, mid, hi), torch.where(true_at_mid, lo, mid)
-    return _key_float(hi, dtype)
+def _active(low: Tensor, high: Tensor, margin: float) -> Tensor:
+    """Whether ``relu(low - high + margin)`` is active, with the reference's exact float expression."""
+    return (low - high + margin) > 0
 
 
-_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
+def _count_true_prefix(sorted_u: Tensor, guess: Tensor, pred) -> Tensor:
+    """Per element ``x`` of ``sorted_u``: ``#{v in sorted_u: pred(v, x)}`` for ``pred`` true on a prefix of values.
 
-
-def _float_key(x: Tensor) -> Tensor:
-    """int64 keys ordered like the floats ``x`` (consecutive floats get consecutive keys; -0.0 and 0.0 share 0)."""
-    bits = x.view(_INT_OF[x.dtype]).long()
-    magnitude = bits & (2 ** (8 * x.element_size() - 1) - 1)
-    return torch.where(bits >= 0, bits, -magnitude)
-
-
-def _key_float(key: Tensor, dtype: torch.dtype) -> Tensor:
-    """Inverse of :func:`_float_key`."""
-    sign = -(2 ** (torch.finfo(dtype).bits - 1))  # the sign bit, as a signed integer
-    bits = torch.where(key >= 0, key, -key + sign)
-    return bits.to(_INT_OF[dtype]).view(dtype)
-
-
-def _float_step(x: Tensor, direction: int) -> Tensor:
-    return torch.nextafter(x, torch.tensor(direction * float("inf"), dtype=x.dtype, device=x.device))
+    ``guess (M,)`` int32 is usually right: it is checked against its two neighbours, and the elements where it is
+    not get a vectorised bisection over ``[0, M]``.
+    """
+    m = len(sorted_u)
+    below = sorted_u.index_select(0, (guess - 1).clamp_(min=0))
+    at = sorted_u.index_select(0, guess.clamp(max=m - 1))
+    right = ((guess == 0) | pred(below, sorted_u)) & ((guess == m) | ~pred(at, sorted_u))
+    if bool(right.all()):
+        return guess
+    wrong = (~right).nonzero().squeeze(1)
+    x = sorted_u.index_select(0, wrong)
+    lo = torch.zeros_like(wrong)  # pred true on [0, lo)
+    hi = torch.full_like(wrong, m)  # pred false on [hi, M)
+    for _ in range(m.bit_length()):
+        mid = (lo + hi) // 2
+        open_ = lo < hi
+        true_at_mid = pred(sorted_u.index_select(0, mid.clamp(max=m - 1)), x)
+        lo = torch.where(open_ & true_at_mid, mid + 1, lo)
+        hi = torch.where(open_ & ~true_at_mid, mid, hi)
+    return guess.index_copy_(0, wrong, lo.to(guess.dtype))
 
 
 class DistillLoss(nn.Module):

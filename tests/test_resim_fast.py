@@ -101,21 +101,24 @@ def test_hinges_exactly_at_zero_are_inactive():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("margin", [0.0, 0.015, 0.3])
 def test_exact_hinge_boundaries(dtype, margin):
-    # Values near 0 (where float spacing is finer than the rounding of low - high) and near +-margin.
+    # Values near 0 (where float spacing is finer than the rounding of low - high), near +-margin, exactly
+    # margin apart (hinges landing on 0), and repeated: the rank thresholds must follow the float predicate.
+    g = torch.Generator().manual_seed(4)
     u = torch.cat(
         [
-            torch.rand(2000, dtype=dtype) * 2 - 1,
-            torch.randn(500, dtype=dtype) * 1e-7,
-            torch.tensor([0.0, -0.0, margin, -margin, 1.0, -1.0, margin / 2], dtype=dtype),
-            torch.rand(500, dtype=dtype) * 1e-4 - margin,
+            torch.rand(2000, generator=g, dtype=dtype) * 2 - 1,
+            torch.randn(500, generator=g, dtype=dtype) * 1e-7,
+            torch.tensor([0.0, -0.0, margin, -margin, 1.0, -1.0, margin / 2, 2 * margin], dtype=dtype),
+            torch.rand(500, generator=g, dtype=dtype) * 1e-4 - margin,
+            torch.rand(500, generator=g, dtype=dtype) * 1e-4 + margin,
+            (torch.randint(-8, 9, (300,), generator=g) / 16).to(dtype),
         ]
     )
-    low_edge = losses._smallest_active_low(u, margin)  # smallest a with relu(a - u + margin) > 0
-    assert losses._active(low_edge, u, margin).all()
-    assert not losses._active(losses._float_step(low_edge, -1), u, margin).any()
-    high_edge = losses._smallest_inactive_high(u, margin)  # smallest b with relu(u - b + margin) == 0
-    assert not losses._active(u, high_edge, margin).any()
-    assert losses._active(u, losses._float_step(high_edge, -1), margin).all()
+    u = torch.sort(u).values
+    qa, qb = losses._hinge_rank_thresholds(u, margin)
+    active = u.unsqueeze(1) - u.unsqueeze(0) + margin > 0  # [x, v]: relu(x - v + margin) > 0
+    assert torch.equal(qa.long(), active.sum(1))  # partners v with x below them active
+    assert torch.equal(qb.long(), (~active).sum(0))  # partners v with x above them inactive
 
 
 def test_counts_match_brute_force():
@@ -188,7 +191,7 @@ def test_never_materialises_m_by_m():
     teacher = F.normalize(torch.randn(b, 8, generator=g), dim=-1)
     with _LargestTensor() as probe:
         relative_similarity_loss(student, teacher).backward()
-    assert probe.largest <= max(b * b, 2 * (m + 1))  # S S^T, or the O(M) rank table; M^2 would be ~4e6
+    assert probe.largest <= max(b * b, 2 * (m + 1))  # S S^T, or the O(M) query arrays; M^2 would be ~4e6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
