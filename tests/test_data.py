@@ -92,8 +92,9 @@ def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_pat
     assert len(val) == 10 and len(train) >= 50
     picked = random.Random(0).sample(range(len(train)), 12)
     direct = teacher.encode([train.texts[i] for i in picked])
-    assert torch.allclose(torch.stack([train[i][1] for i in picked]), direct, atol=1e-5)
-    assert torch.allclose(val.teacher_vectors, teacher.encode(val.texts), atol=1e-5)
+    # Cached as float16 on disk (jasper/cache.py): equal to the direct encode within fp16 rounding.
+    assert torch.allclose(torch.stack([train[i][1] for i in picked]), direct, atol=2e-3)
+    assert torch.allclose(val.teacher_vectors, teacher.encode(val.texts), atol=2e-3)
     assert set(val.texts).isdisjoint(train.texts)
     # A second module with the same texts and teachers reads the cached vectors.
     again = TextDistillDataModule(
@@ -109,7 +110,7 @@ def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_pat
     with caplog.at_level("INFO"):
         again.setup("fit")
     assert "read from" in caplog.text
-    assert torch.equal(again.train_set.teacher_vectors, train.teacher_vectors)
+    assert torch.equal(again.train_set.teacher_vectors.tensor(), train.teacher_vectors.tensor())
 
 
 def test_a_source_with_nothing_usable_fails(tiny_bert):

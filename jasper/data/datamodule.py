@@ -3,40 +3,45 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from jasper.cache import CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
 from jasper.teachers import TeacherEnsemble, check_finite
 
 log = logging.getLogger(__name__)
 
 
-def clean_rows(rows: Iterable[object]) -> tuple[list[str], Counter]:
-    """Keep non-empty strings (stripped) and exact first occurrences; count everything rejected, by reason."""
+def clean_rows(rows: Iterable[object], max_chars: int | None = None) -> tuple[list[str], Counter]:
+    """Keep non-empty strings (stripped, cut to ``max_chars``) and exact first occurrences; count every row
+    rejected by reason (``empty``, ``non-text``, ``duplicate``) and the kept ones cut short (``truncated``)."""
     texts: list[str] = []
-    seen: set[str] = set()
+    seen: set[bytes] = set()  # 16-byte digests, not the texts: flat in the texts' length
     rejected: Counter = Counter()
     for row in rows:
         if not isinstance(row, str):
             rejected["non-text"] += 1
             continue
         text = row.strip()
+        if max_chars is not None and len(text) > max_chars:
+            text = text[:max_chars].rstrip()
+            rejected["truncated"] += 1
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         if not text:
             rejected["empty"] += 1
-        elif text in seen:
+        elif key in seen:
             rejected["duplicate"] += 1
         else:
-            seen.add(text)
+            seen.add(key)
             texts.append(text)
     return texts, rejected
 
@@ -53,75 +58,84 @@ def split_held_out(texts: Sequence[str], count: int) -> tuple[list[str], list[st
     return [t for t in texts if t not in held], [t for t in texts if t in held]
 
 
-class TeacherVectorStore:
-    """Teacher vectors computed once per (teachers, texts) and kept in ``cache_dir`` for later stages and runs."""
+class CachedRows:
+    """Rows of a ``CacheReader`` in the order of a dataset: ``rows[i]`` is the cache row of the dataset's text ``i``.
 
-    def __init__(self, teachers: TeacherEnsemble, cache_dir: str | None) -> None:
-        self.teachers = teachers
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+    Read on demand from memory-mapped shards, so a dataset of any size holds only its row numbers.
+    """
 
-    def vectors(self, texts: Sequence[str]) -> Tensor:
-        digest = hashlib.sha256(json.dumps(self.teachers.describe(), sort_keys=True).encode())
-        for text in texts:
-            digest.update(text.encode("utf-8") + b"\0")
-        path = self.cache_dir / f"teacher-{digest.hexdigest()[:20]}.pt" if self.cache_dir else None
-        if path is not None and path.exists():
-            vectors = torch.load(path)
-            log.info("teacher vectors for %d texts read from %s", len(texts), path)
-        else:
-            log.info("encoding %d texts with teachers %s", len(texts), self.teachers.names)
-            vectors = self.teachers.encode(texts)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{random.getrandbits(32):x}.tmp")
-                torch.save(vectors, partial)
-                partial.replace(path)  # atomic: a crash never leaves a half-written cache behind
-        if vectors.shape != (len(texts), self.teachers.dim):
-            raise ValueError(
-                f"teacher vectors have shape {tuple(vectors.shape)}, expected {(len(texts), self.teachers.dim)}"
-            )
-        check_finite(vectors, f"teachers {self.teachers.names}")
-        return vectors
+    def __init__(self, reader: CacheReader, rows: np.ndarray) -> None:
+        self.reader = reader
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.reader[int(self.rows[index])]
+
+    def tensor(self) -> Tensor:
+        """Every row at once (small sets only: the held-out texts, tests)."""
+        return self.reader[self.rows]
 
 
 class DistillTextDataset(Dataset):
-    """Row ``i`` is ``(texts[i], teacher_vectors[i])``: a text always travels with its own teacher vector."""
+    """Row ``i`` is ``(texts[i], teacher_vectors[i])``, plus ``features[i]`` (the frozen encoder's pooled state)
+    when a stage-1 feature cache is on: a text always travels with its own vectors."""
 
-    def __init__(self, texts: Sequence[str], teacher_vectors: Tensor) -> None:
-        if len(texts) != len(teacher_vectors):
-            raise ValueError(
-                f"{len(texts)} texts but {len(teacher_vectors)} teacher vectors: they must align 1:1"
-            )
+    def __init__(
+        self,
+        texts: Sequence[str],
+        teacher_vectors: Tensor | CachedRows,
+        features: Tensor | CachedRows | None = None,
+    ) -> None:
+        for name, table in [("teacher vectors", teacher_vectors), ("features", features)]:
+            if table is not None and len(texts) != len(table):
+                raise ValueError(f"{len(texts)} texts but {len(table)} {name}: they must align 1:1")
         self.texts = list(texts)
         self.teacher_vectors = teacher_vectors
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, index: int) -> tuple[str, Tensor]:
-        return self.texts[index], self.teacher_vectors[index]
+    def __getitem__(self, index: int) -> tuple:
+        row = (self.texts[index], self.teacher_vectors[index])
+        return row if self.features is None else (*row, self.features[index])
 
 
 class Collator:
+    """Tokenised texts plus ``teacher``; rows with cached features get ``features`` instead of tokens."""
+
     def __init__(self, tokenize: Callable[[Sequence[str]], dict[str, Tensor]]) -> None:
         self.tokenize = tokenize
 
-    def __call__(self, rows: list[tuple[str, Tensor]]) -> dict[str, Tensor]:
-        texts = [text for text, _ in rows]
-        batch = dict(self.tokenize(texts))
-        batch["teacher"] = torch.stack([vector for _, vector in rows])
+    def __call__(self, rows: list[tuple]) -> dict[str, Tensor]:
+        if len(rows[0]) == 3:  # stage 1 on cached features: the encoder never runs, so no tokens
+            batch = {"features": torch.stack([row[2] for row in rows])}
+        else:
+            batch = dict(self.tokenize([row[0] for row in rows]))
+        batch["teacher"] = torch.stack([row[1] for row in rows])
         return batch
 
 
 class TextDistillDataModule(L.LightningDataModule):
     """Texts from ``source``, cleaned and deduplicated, ``val_texts`` held out (never augmented), the rest
-    augmented as in the paper, every text paired with its teacher vector."""
+    augmented as in the paper, every text paired with its teacher vector.
+
+    Teacher vectors come from the ``TeacherCache`` under ``cache_dir`` (built here when missing, as
+    ``precompute.py`` would) and are read row by row from disk; ``teacher_cache`` names a precomputed corpus
+    folder to use instead (refused when it lacks this run's texts or teachers). With ``teachers.online=true``
+    or no ``cache_dir`` the vectors are computed in memory and nothing is written. ``features`` (the student,
+    set by ``train.build`` when ``stages.stage1.feature_cache=true``) adds the frozen encoder's cached pooled
+    states to each training row.
+    """
 
     def __init__(
         self,
         source: Iterable[object],
         teachers: TeacherEnsemble,
-        tokenize: Callable[[Sequence[str]], dict[str, Tensor]],
+        tokenize: Callable[[Sequence[str]], dict[str, Tensor]] | None,
         batch_size: int = 32,
         max_texts: int | None = None,
         val_texts: int = 256,
@@ -129,6 +143,10 @@ class TextDistillDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
+        teacher_cache: str | None = None,
+        shard_rows: int = 65536,
+        max_chars: int | None = None,
+        features: object | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -136,7 +154,13 @@ class TextDistillDataModule(L.LightningDataModule):
                 f"batch size {batch_size} is too small: the in-batch losses need at least 2 texts"
             )
         self.source = source
-        self.store = TeacherVectorStore(teachers, cache_dir)
+        self.teachers = teachers
+        self.online = bool(getattr(teachers, "online", False))
+        self.cache_dir = cache_dir
+        self.teacher_cache = teacher_cache
+        self.shard_rows = shard_rows
+        self.max_chars = max_chars
+        self.features = features
         self.collate = Collator(tokenize)
         self.batch_size = batch_size
         self.max_texts = max_texts
@@ -144,27 +168,106 @@ class TextDistillDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.num_workers = num_workers
         self.seed = seed
+        self.rejected: Counter = Counter()
         self.train_set: DistillTextDataset | None = None
         self.val_set: DistillTextDataset | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        texts, rejected = clean_rows(self.source)
-        if rejected:
-            log.warning("rejected %d row(s): %s", sum(rejected.values()), dict(rejected))
+    def prepare_texts(self) -> tuple[list[str], list[str]]:
+        """Training texts (augmented) and held-out texts, exactly as ``setup`` and ``precompute.py`` see them."""
+        texts, self.rejected = clean_rows(self.source, self.max_chars)
+        dropped = {k: v for k, v in self.rejected.items() if k != "truncated"}
+        if dropped:
+            log.warning("rejected %d row(s): %s", sum(dropped.values()), dropped)
+        if self.rejected["truncated"]:
+            log.warning(
+                "cut %d over-long row(s) to data.max_chars=%s", self.rejected["truncated"], self.max_chars
+            )
         if not texts:
             raise ValueError(
-                f"the data source yielded no usable text (rejected: {dict(rejected)}); check data.source"
+                f"the data source yielded no usable text (rejected: {dict(self.rejected)}); check data.source"
             )
         train, held_out = split_held_out(texts, self.val_texts)
         if self.max_texts is not None and len(train) > self.max_texts:
             train = random.Random(self.seed).sample(train, self.max_texts)
         train = augment_texts(train, seed=self.seed, **self.augment)
         log.info("%d training texts (after augmentation), %d held out", len(train), len(held_out))
-        vectors = self.store.vectors(train + held_out)
-        self.train_set = DistillTextDataset(train, vectors[: len(train)])
-        self.val_set = DistillTextDataset(held_out, vectors[len(train) :])
+        return train, held_out
+
+    def cache(self, texts: Sequence[str], precomputed: bool = True) -> TeacherCache | None:
+        """The cache these texts read from: ``teacher_cache`` if given, else their corpus folder in ``cache_dir``."""
+        if self.teacher_cache and precomputed:
+            return TeacherCache(self.teacher_cache)
+        if self.online or not self.cache_dir:
+            return None
+        return TeacherCache.for_texts(self.cache_dir, texts)
+
+    def build_cache(
+        self,
+        texts: Sequence[str],
+        encoders: Sequence[object],
+        show_progress: bool = True,
+        precomputed: bool = True,
+    ) -> None:
+        cache = self.cache(texts, precomputed)
+        stats = {"rejected": dict(self.rejected), "val_texts": self.val_texts, "seed": self.seed}
+        cache.build(
+            texts,
+            encoders,
+            self.teachers.batch_size,
+            self.shard_rows,
+            stats=stats,
+            show_progress=show_progress,
+        )
+
+    def _vectors(
+        self, texts: list[str], encoders: Sequence[object], what: str, precomputed: bool = True
+    ) -> CachedRows | Tensor:
+        cache = self.cache(texts, precomputed)
+        if cache is None:
+            log.info("encoding %d texts with %s in memory (no cache)", len(texts), what)
+            if list(encoders) == self.teachers.teachers:
+                return self.teachers.encode(texts)
+            from jasper.cache import encode_sorted
+
+            return torch.cat([encode_sorted(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
+        if not (self.teacher_cache and precomputed):
+            self.build_cache(
+                texts, encoders, precomputed=precomputed
+            )  # encodes only what is missing; nothing when precomputed
+        reader = cache.reader(encoders)
+        log.info("%s for %d texts read from %s", what, len(texts), cache.root)
+        return CachedRows(reader, reader.lookup(text_ids(texts)))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, held_out = self.prepare_texts()
+        texts = train + held_out
+        vectors = self._vectors(texts, self.teachers.teachers, f"teachers {self.teachers.names}")
+        if len(vectors) != len(texts) or (vectors[0].shape[-1] if len(vectors) else 0) != self.teachers.dim:
+            raise ValueError(
+                f"teacher vectors have {len(vectors)} rows of {vectors[0].shape[-1]}-d, "
+                f"expected {(len(texts), self.teachers.dim)}"
+            )
+        features = None
+        if self.features is not None:
+            encoder = PooledFeatures(self.features)
+            features = self._vectors(texts, [encoder], "stage-1 features", precomputed=False)
+        n = len(train)
+        if features is not None:
+            features = (
+                features[:n]
+                if isinstance(features, Tensor)
+                else CachedRows(features.reader, features.rows[:n])
+            )
+        if isinstance(vectors, Tensor):
+            check_finite(vectors, f"teachers {self.teachers.names}")
+            train_vectors, val_vectors = vectors[:n], vectors[n:]
+        else:
+            train_vectors = CachedRows(vectors.reader, vectors.rows[:n])
+            val_vectors = CachedRows(vectors.reader, vectors.rows[n:]).tensor()  # small: held in memory
+        self.train_set = DistillTextDataset(train, train_vectors, features)
+        self.val_set = DistillTextDataset(held_out, val_vectors)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
