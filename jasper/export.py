@@ -110,10 +110,11 @@ def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping
     return config
 
 
-def load_student(path: str | Path, **overrides) -> tuple[Student, dict | None]:
+def load_student(path: str | Path, weights: bool = True, **overrides) -> tuple[Student, dict | None]:
     """``(Student with the checkpoint's weights, training config or None)`` from student.pt / .ckpt / DeepSpeed dir.
 
-    ``overrides`` replace rebuild kwargs (e.g. ``max_length=128`` for faster evaluation).
+    ``overrides`` replace rebuild kwargs (e.g. ``max_length=128`` for faster evaluation). ``weights=False`` builds
+    the same student fresh (pretrained encoder layers, randomly initialised FC1 and heads): the run's init.
     """
     student_config, state, train_config = read_checkpoint(path)
     config = dict(student_config) if student_config is not None else student_config_from(state, train_config)
@@ -122,6 +123,8 @@ def load_student(path: str | Path, **overrides) -> tuple[Student, dict | None]:
             config["mrl_dims"] = []  # a stage-1/2 student.pt saved before its heads existed
     config.update(overrides)
     student = Student(**config)
+    if not weights:
+        return student.eval(), train_config
     result = student.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

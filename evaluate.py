@@ -1,0 +1,28 @@
+"""Evaluate students, exported folders and sentence-transformers models: python evaluate.py model=PATH eval=dev.
+
+See docs/evaluation.md. ``run_name=NAME`` adds the run's teacher, init and every finished stage to the table.
+"""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import jasper.config  # noqa: F401  (registers the config resolvers)
+from jasper.evaluation.runner import evaluate, missing_data_note
+
+REPO = Path(__file__).resolve().parent
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    note = missing_data_note(config, REPO)
+    if note:
+        print(note)
+        return
+    print(evaluate(config, REPO)[1])
+
+
+if __name__ == "__main__":
+    main()
