@@ -258,56 +258,56 @@ def _prefix_rank_counts(rank_of: Tensor, prefix: Tensor, threshold: Tensor) -> T
 
     ``rank_of (M,)``, ``prefix (Q,)`` in ``[0, M]``, ``threshold (Q,)`` in ``[0, M]``, all int32; returns ``(Q,)``
     int32. A wavelet tree over the rank bits, most significant first, kept as one length-``M`` array: at the level
-    with shift ``s`` the array holds the ranks stably sorted by ``rank >> s`` (so group ``g``, the ranks
-    ``[g 2^s, (g+1) 2^s)``, sits at ``[g 2^s, ...)`` in position order; ranks being a permutation, every group start
-    is known without counting). Each query follows its threshold's group down, keeping ``within``, the number of
-    its prefix's elements in that group. Per level, with ``h = 2^(s-1)`` and ``ones`` the running count of ranks
-    with bit ``s-1`` set (one cumsum):
+    with shift ``s`` the array holds the ranks stably sorted by ``rank >> s``, so group ``g`` (the ranks
+    ``[g 2^s, (g+1) 2^s)``) sits at ``[g 2^s, ...)`` in position order; ranks being a permutation, every group
+    start is known without counting. Each query follows its threshold's group down, keeping ``end``, the index in
+    this level's array where its prefix's part of the group ends, and ``start``, where the group starts. Per level,
+    with ``h = 2^(s-1)`` and ``ones[k]`` the number of ranks with bit ``s-1`` set among the first ``k`` (one
+    cumsum); the groups before ``g`` hold ``ones[start] = start / 2`` of them:
 
-    * a query's group ``g`` holds ``ones[2 g h + within] - g h`` such elements in its prefix, the rest have the bit
-      clear; if the threshold's bit is set, those with it clear are all below the threshold (counted) and the query
-      moves to the upper half, else to the lower half;
-    * the ranks are stably partitioned by the bit within each group (one scatter): the next level's order.
+    * bit of the threshold clear: the query goes to the lower half, at ``start + zeros in its part``
+      ``= (end - ones[end]) + start / 2``;
+    * bit set: the prefix's ranks with the bit clear are all below the threshold (counted: ``end - new end + h``),
+      and the query goes to the upper half, at ``start + h + ones in its part = ones[end] + h + start / 2``;
+    * the ranks are stably partitioned by the bit within each group with the same two formulas (one scatter).
 
-    ``log2 M`` levels, each a few element-wise passes over ``M`` and ``Q`` int32s and one gather; no sort.
+    So one ``table = [k - ones[k] | ones[k] + h]`` (length ``2(M+1)``) gives every new index by one gather.
+    ``log2 M`` levels, each about 20 element-wise passes over ``M`` and ``Q`` int32s; no sort.
     """
     m, device = len(rank_of), rank_of.device
     levels = m.bit_length()  # 2^levels > M >= every threshold: one group at the top
     values, next_values = rank_of.clone(), torch.empty_like(rank_of)  # (M,) ranks in this level's order
-    slot = torch.arange(m, dtype=torch.int32, device=device)  # (M,) 0..M-1
-    ones = torch.zeros(m + 1, dtype=torch.int32, device=device)  # ones[k]: set bits among the first k
-    # table[:m] = k - ones[k] + (group start), table[m:] = ones[k] + h + (group start): an element's destination
-    bit, group, step = (torch.empty(m, dtype=torch.int32, device=device) for _ in range(3))
-    table = torch.empty(2 * m, dtype=torch.int32, device=device)
+    slot = torch.arange(m + 1, dtype=torch.int32, device=device)  # (M+1,) 0..M
+    table = torch.empty(2 * (m + 1), dtype=torch.int32, device=device)  # [k - ones[k] | ones[k] + h]
+    ones = torch.zeros(m + 1, dtype=torch.int32, device=device)
+    value_bit, value_base, index = (torch.empty(m, dtype=torch.int32, device=device) for _ in range(3))
     destination = torch.empty(m, dtype=torch.long, device=device)
-    within, count = prefix.clone(), torch.zeros_like(prefix)  # (Q,)
-    q_bit, q_base, q_ones, q_tmp = (torch.empty_like(prefix) for _ in range(4))
+    end, next_end = prefix.clone(), torch.empty_like(prefix)  # (Q,)
+    start, count = torch.zeros_like(prefix), torch.zeros_like(prefix)  # (Q,)
+    q_high, q_bit, q_base, q_index = (torch.empty_like(prefix) for _ in range(4))
     for shift in range(levels, 0, -1):
         h = 1 << (shift - 1)
-        # Elements: bit = rank bit (shift - 1); ones = its running count in this level's order.
-        torch.bitwise_right_shift(values, shift - 1, out=group)  # child group 2g + bit
-        torch.bitwise_and(group, 1, out=bit)
-        torch.cumsum(bit, 0, dtype=torch.int32, out=ones[1:])
-        # Queries: group g = threshold >> shift starts at 2 g h; base = g h = set bits in the groups before it.
-        torch.bitwise_right_shift(threshold, shift, out=q_base).bitwise_left_shift_(shift - 1)
-        torch.add(within, q_base, alpha=2, out=q_tmp)  # absolute index of the end of the query's prefix
-        torch.index_select(ones, 0, q_tmp, out=q_ones).sub_(
-            q_base
-        )  # set bits in the prefix, within the group
-        within.sub_(q_ones)  # clear bits in the prefix, within the group
-        torch.bitwise_right_shift(threshold, shift - 1, out=q_bit).bitwise_and_(1)
-        count.addcmul_(q_bit, within)  # threshold bit set: the clear ones are all smaller
-        within.addcmul_(q_bit, q_ones.sub_(within))  # ... and the query follows the set ones
+        torch.bitwise_and(values, h, out=value_bit).clamp_(max=1)  # (M,) bit shift-1 of each rank
+        torch.cumsum(value_bit, 0, dtype=torch.int32, out=ones[1:])
+        torch.sub(slot, ones, out=table[: m + 1])
+        torch.add(ones, h, out=table[m + 1 :])
+        # Queries.
+        torch.bitwise_and(threshold, h, out=q_high)  # h where the threshold's bit is set, else 0
+        torch.clamp(q_high, max=1, out=q_bit)
+        torch.add(end, q_bit, alpha=m + 1, out=q_index)
+        torch.index_select(table, 0, q_index, out=next_end)
+        torch.bitwise_right_shift(start, 1, out=q_base)
+        next_end.add_(q_base)
+        count.addcmul_(end.sub_(next_end).add_(h), q_bit)  # bit set: the prefix's part with the bit clear
+        start.add_(q_high)
+        end, next_end = next_end, end
         if shift == 1:
             break  # the last partition is not needed
-        # Destinations: bit 0 -> 2 g h + (clear bits before it in the group) = k - ones[k] + g h,
-        #               bit 1 -> 2 g h + h + (set bits before it in the group) = ones[k] + (g + 1) h.
-        torch.sub(slot, ones[:m], out=table[:m])
-        torch.add(ones[:m], h, out=table[m:])
-        torch.mul(bit, m, out=step).add_(slot)
-        torch.index_select(table, 0, step, out=next_values)
-        group.bitwise_right_shift_(1).bitwise_left_shift_(shift - 1)  # g h
-        torch.add(next_values, group, out=destination)
+        # Elements: the same formulas with end = own index, start = 2 h (rank >> shift).
+        torch.add(slot[:m], value_bit, alpha=m + 1, out=index)
+        torch.index_select(table, 0, index, out=next_values)
+        torch.bitwise_right_shift(values, shift, out=value_base).bitwise_left_shift_(shift - 1)
+        torch.add(next_values, value_base, out=destination)
         next_values.scatter_(0, destination, values)
         values, next_values = next_values, values
     return count
