@@ -55,6 +55,12 @@ class DistillModule(L.LightningModule):
 
     # Shared machinery.
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "features" in batch:  # stage-1 feature cache: the frozen encoder's pooled states, precomputed
+            if not self.student.encoder_frozen:
+                raise ValueError("cached features need a frozen encoder: feature_cache is for stage 1 only")
+            return self.student.project(
+                batch["features"].to(self.student.fc1.weight.dtype), self.trained_heads()
+            )
         return self.student(batch["input_ids"], batch["attention_mask"], heads=self.trained_heads())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -194,6 +200,11 @@ class Stage4(DistillModule):
     ) -> None:
         from jasper.vision import VisionTower, load_vision_weights
 
+        if vision is None:
+            raise ValueError(
+                f"stage 4 needs a vision tower but no vision config is selected for model {student.model_name_or_path}: "
+                "add vision=tiny (or vision=siglip_so400m) to the command line"
+            )
         tower = (
             vision
             if isinstance(vision, VisionTower)

@@ -144,11 +144,12 @@ class HuggingFaceTeacher:
 class TeacherEnsemble:
     """Normalise each teacher's vectors, concatenate them, normalise the concatenation."""
 
-    def __init__(self, teachers: Sequence[Teacher], batch_size: int = 32) -> None:
+    def __init__(self, teachers: Sequence[Teacher], batch_size: int = 32, online: bool = False) -> None:
         if not teachers:
             raise ValueError("no teachers configured: add at least one under teachers.members")
         self.teachers = list(teachers)
         self.batch_size = batch_size
+        self.online = online  # True: encode in memory at setup, never read or write the TeacherCache
 
     @property
     def dim(self) -> int:

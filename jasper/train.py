@@ -45,7 +45,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     init_from = resolve_init_from(cfg.stage_settings.init_from, cfg.stage, cfg.paths.output_dir)
     if init_from is not None:
         load_student_weights(student, init_from)
-    datamodule = instantiate(stage_data(cfg), teachers=teachers, tokenize=student.tokenize)
+    # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
+    features = {"features": student} if cfg.stage_settings.get("feature_cache", False) else {}
+    datamodule = instantiate(stage_data(cfg), teachers=teachers, tokenize=student.tokenize, **features)
     module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -235,3 +235,54 @@ def test_nan_vectors_are_never_written(tmp_path, texts, teacher):
     with pytest.raises(ValueError, match="NaN/inf"):
         TeacherCache(tmp_path).build(texts[:10], [Broken()], show_progress=False)
     assert not list((tmp_path / "broken").glob("shard-*"))
+
+
+def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
+    """Eight stage-1 steps on the tiny student; returns FC1's weights and the DataModule."""
+    import functools
+
+    import lightning as L
+
+    from jasper.data.datamodule import TextDistillDataModule
+    from jasper.losses import DistillLoss
+    from jasper.stages import Stage1
+    from jasper.student import Student
+
+    teacher = HuggingFaceTeacher(tiny_bert, max_length=32, pooling="cls")
+    L.seed_everything(3)
+    student = Student(tiny_bert, fc1_dim=teacher.dim, num_layers=4, max_length=32)
+    data = TextDistillDataModule(
+        docstrings[:80],
+        TeacherEnsemble([teacher], batch_size=8),
+        tokenize=student.tokenize,
+        batch_size=8,
+        val_texts=8,
+        augment={"chunk_share": 0.3, "shuffle_share": 0.05},
+        seed=3,
+        cache_dir=str(cache_dir),
+        features=student if feature_cache else None,
+    )
+    initial = student.fc1.weight.detach().clone()
+    module = Stage1(student, DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
+    trainer = L.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    L.seed_everything(3)
+    trainer.fit(module, datamodule=data)
+    assert not torch.allclose(student.fc1.weight, initial)  # FC1 did train
+    return student.fc1.weight.detach().clone(), data
+
+
+def test_stage1_on_cached_features_matches_stage1_on_the_encoder(tiny_bert, docstrings, tmp_path):
+    plain, _ = fit_stage1(tiny_bert, docstrings, tmp_path, feature_cache=False)
+    cached, data = fit_stage1(tiny_bert, docstrings, tmp_path, feature_cache=True)
+    batch = next(iter(data.train_dataloader()))
+    assert "features" in batch and "input_ids" not in batch  # the encoder never ran during training
+    assert torch.allclose(cached, plain, atol=1e-5), (cached - plain).abs().max()
+    assert any(p.name.startswith("student-features-") for p in tmp_path.glob("corpus-*/*"))
