@@ -94,7 +94,9 @@ def teacher_pair_order(teacher: Tensor) -> Tensor:
         raise ValueError(f"teacher must be a (B, d) matrix, got shape {tuple(teacher.shape)}")
     with torch.no_grad():
         t = _upper_triangle(_compute_dtype(teacher, teacher))
-        return torch.sort(t, stable=True).indices
+        return torch.sort(
+            _sort_key(t), stable=True
+        ).indices  # same order as sorting t, integer sorts are faster
 
 
 def relative_similarity_loss(
@@ -233,7 +235,9 @@ def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Ten
     """
     if len(u) >= 2**31 - 1:
         raise ValueError(f"relative_similarity_loss: {len(u)} pairs is more than int32 counts allow")
-    sorted_u, by_rank = torch.sort(u)
+    sorted_keys, by_rank = torch.sort(_sort_key(u))
+    sorted_u = _from_sort_key(sorted_keys, u.dtype)  # u[by_rank], ascending (-0.0 read as 0.0)
+    del sorted_keys
     # NaN sorts last, so the two ends decide whether every value is finite.
     if not bool(torch.isfinite(sorted_u[[0, -1]]).all()):
         raise ValueError(
@@ -311,6 +315,24 @@ def _prefix_rank_counts(rank_of: Tensor, prefix: Tensor, threshold: Tensor) -> T
         next_values.scatter_(0, destination, values)
         values, next_values = next_values, values
     return count
+
+
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _sort_key(x: Tensor) -> Tensor:
+    """Integers ordered like the floats ``x`` (same width), equal exactly where the floats compare equal.
+
+    Non-negative floats keep their bits; negative ones get their magnitude bits flipped, so that more negative
+    means smaller. ``-0.0`` is first turned into ``0.0`` (they compare equal); NaNs land beyond the infinities.
+    """
+    bits = (x + 0.0).view(_INT_OF[x.dtype])
+    return bits ^ ((bits >> (8 * x.element_size() - 1)) & torch.iinfo(bits.dtype).max)
+
+
+def _from_sort_key(key: Tensor, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`_sort_key` (the bit flip is its own inverse)."""
+    return (key ^ ((key >> (8 * key.element_size() - 1)) & torch.iinfo(key.dtype).max)).view(dtype)
 
 
 def _hinge_rank_thresholds(sorted_u: Tensor, margin: float) -> tuple[Tensor, Tensor]:

@@ -205,3 +205,18 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-5, atol=1e-7)
     if dtype != torch.bfloat16:
         _compare(student.cuda(), teacher.cuda(), 0.015, value_rtol=1e-5, grad_rtol=1e-5, grad_atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sort_key_orders_like_the_floats(dtype):
+    g = torch.Generator().manual_seed(12)
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45, 1.0, -1.0], dtype=dtype)
+    x = torch.cat(
+        [torch.randn(3000, generator=g, dtype=dtype), specials, _vectors("dyadic", 40, 8, g, dtype)[0]]
+    )
+    key = losses._sort_key(x)
+    assert torch.equal(torch.sort(key, stable=True).indices, torch.sort(x, stable=True).indices)
+    assert torch.equal(
+        key.unsqueeze(0) == key.unsqueeze(1), x.unsqueeze(0) == x.unsqueeze(1)
+    )  # -0.0 ties 0.0
+    assert torch.equal(losses._from_sort_key(key, dtype), x + 0.0)
