@@ -125,3 +125,60 @@ def test_round_trip_minilm_student(minilm_path, tmp_path):
     torch.manual_seed(0)
     student = Student(minilm_path, fc1_dim=768, mrl_dims=[256, 64], num_layers=3, max_length=64).eval()
     _check_heads(student, export_student(student, tmp_path / "export"))
+
+
+def _fake_zero2_checkpoint(student: Student, folder, hyper_parameters: dict, world_size: int = 2) -> None:
+    """A directory in the layout DeepSpeed ZeRO-2 writes (what deepspeed.utils.zero_to_fp32 reads): `latest`,
+    and in the tag folder the model states (param shapes, buffers, Lightning's client state) plus one optimizer
+    file per rank holding its slice of the flat fp32 parameter group, padded to a multiple of 2 * world_size."""
+    from collections import OrderedDict
+
+    tag = folder / "global_step7"
+    tag.mkdir(parents=True)
+    (folder / "latest").write_text("global_step7")
+    params = OrderedDict((f"_forward_module.student.{k}", p.detach()) for k, p in student.named_parameters())
+    param_names = {k for k, _ in student.named_parameters()}
+    buffers = {
+        f"_forward_module.student.{k}": v for k, v in student.state_dict().items() if k not in param_names
+    }
+    flat = torch.cat([p.reshape(-1).float() for p in params.values()])
+    align = 2 * world_size
+    flat = torch.cat([flat, torch.zeros(-len(flat) % align)])
+    model_states = {
+        "module": dict(buffers),
+        "buffer_names": list(buffers),
+        "param_shapes": [OrderedDict((k, p.shape) for k, p in params.items())],
+        "shared_params": {},
+        "frozen_param_shapes": None,
+        "frozen_param_fragments": None,
+        "ds_version": "0.0.0-fake",
+        "optimizer": None,
+        "global_steps": 7,
+        "hyper_parameters": hyper_parameters,  # Lightning's client state rides along
+        "epoch": 0,
+    }
+    torch.save(model_states, tag / "mp_rank_00_model_states.pt")
+    for rank, part in enumerate(flat.chunk(world_size)):
+        optim = {
+            "optimizer_state_dict": {
+                "zero_stage": 2,
+                "partition_count": world_size,
+                "single_partition_of_fp32_groups": [part.clone()],
+            }
+        }
+        torch.save(optim, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+
+
+@pytest.mark.slow  # importing Lightning's DeepSpeed strategy costs ~7 s of CPU
+def test_export_from_deepspeed_zero2_directory(tiny_bert, tmp_path):
+    pytest.importorskip("deepspeed")
+    student = _student(tiny_bert, "separate")
+    config = {
+        "model": {**student.describe(), "_target_": "jasper.student.Student"},
+        "trainer": {"strategy": "deepspeed_stage_2"},
+    }
+    _fake_zero2_checkpoint(student, tmp_path / "last.ckpt", {"config": config})
+    assert is_deepspeed_dir(tmp_path / "last.ckpt")
+    out = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
+    _check_heads(student, out)
+    assert "deepspeed_stage_2" in (out / "README.md").read_text()
