@@ -485,6 +485,35 @@ def check_finite(vectors: Tensor, source: str) -> None:
     check(vectors, source)
 
 
+def precompute(cfg) -> Path:
+    """``python precompute.py``: the run's texts (cleaned, held out, augmented as training will see them)
+    encoded by every configured teacher into the TeacherCache; resumes a killed build. ``verify=true`` only
+    checks the cache (hashes, row counts, NaN/inf) and raises when anything is wrong."""
+    from hydra.utils import instantiate
+
+    teachers = instantiate(cfg.teachers)
+    data = instantiate(cfg.data, teachers=teachers, tokenize=None)
+    train, held_out = data.prepare_texts()
+    texts = train + held_out
+    root = (
+        Path(data.teacher_cache) if data.teacher_cache else TeacherCache.for_texts(data.cache_dir, texts).root
+    )
+    if cfg.get("verify", False):
+        problems = verify_tree(root)
+        for problem in problems:
+            log.error("cache problem: %s", problem)
+        if problems:
+            raise ValueError(f"{len(problems)} problem(s) in the cache {root}: {problems[:3]}")
+        log.info("cache %s verified: %d rows, teachers %s", root, len(texts), teachers.names)
+        return root
+    log.info("rejected rows: %s", dict(data.rejected) or "none")
+    cache = TeacherCache(root)
+    stats = {"rejected": dict(data.rejected), "val_texts": data.val_texts, "seed": data.seed}
+    cache.build(texts, teachers.teachers, teachers.batch_size, data.shard_rows, stats=stats)
+    log.info("teacher vectors of %d texts in %s", len(texts), root)
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] != "verify":

@@ -1,0 +1,124 @@
+"""precompute.py end to end on local files: the cache it writes is the one training reads, verify catches damage."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import jasper.config  # noqa: F401  (resolvers)
+from jasper.cache import TeacherCache, precompute
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+REPO = CONF.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rows_file(tmp_path, docstrings):
+    """Real texts plus rows the DataModule must reject (and count): empty, non-text, duplicate, over-long."""
+    rows = [*docstrings[:40], "", "   ", None, 17, docstrings[0], "word " * 500]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    return path
+
+
+def overrides(tiny_bert, rows_file, cache_dir):
+    teacher = f"{{_target_:jasper.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:tiny,max_length:32}}"
+    return [
+        "data=local_files",
+        f"data.source.paths=[{rows_file}]",
+        "data.val_texts=6",
+        "+data.max_chars=1000",
+        "+data.shard_rows=16",
+        f"teachers.teachers=[{teacher}]",
+        "teachers.batch_size=4",
+        f"paths.cache_dir={cache_dir}",
+        "paths.output_dir=/nonexistent/stage1",
+        "stages.stage1.batch_size=4",
+    ]
+
+
+def compose_config(name, extra):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=extra)
+
+
+def test_precompute_writes_the_cache_training_reads(tiny_bert, rows_file, tmp_path, caplog, docstrings):
+    args = overrides(tiny_bert, rows_file, tmp_path / "cache")
+    with caplog.at_level(logging.INFO):
+        root = precompute(compose_config("precompute", args))
+    corpus = json.loads((root / "corpus.json").read_text())
+    long = 1 + sum(len(t) > 1000 for t in docstrings[:40])
+    assert corpus["rejected"] == {"empty": 2, "non-text": 2, "duplicate": 1, "truncated": long}
+    assert "rejected rows" in caplog.text
+    # Training composes the same groups, finds the cache and encodes nothing.
+    cfg = compose_config("train", args)
+    teachers = instantiate(cfg.teachers)
+    assert teachers.online is False
+    data = instantiate(cfg.data, teachers=teachers, tokenize=lambda texts: {"n": torch.tensor([len(texts)])})
+    teachers.teachers[0].encode = None  # any call would fail: vectors must come from the cache
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        data.setup("fit")
+    assert "encoding" not in caplog.text and str(root) in caplog.text
+    # verify=true passes, then fails on a damaged shard.
+    precompute(compose_config("precompute", [*args, "verify=true"]))
+    shard = next((root / "tiny").glob("shard-00001.npy"))
+    array = np.load(shard)
+    array[0, 0] = np.nan
+    np.save(shard, array)
+    with pytest.raises(ValueError, match="problem"):
+        precompute(compose_config("precompute", [*args, "verify=true"]))
+
+
+def test_online_teachers_write_no_cache(tiny_bert, rows_file, tmp_path):
+    cfg = compose_config(
+        "train", [*overrides(tiny_bert, rows_file, tmp_path / "cache"), "teachers.online=true"]
+    )
+    teachers = instantiate(cfg.teachers)
+    data = instantiate(cfg.data, teachers=teachers, tokenize=lambda texts: {})
+    data.setup("fit")
+    assert isinstance(data.train_set.teacher_vectors, torch.Tensor)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
+    args = overrides(tiny_bert, rows_file, tmp_path / "cache")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "precompute.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "text/s" in run.stderr  # the progress bar
+    roots = list((tmp_path / "cache").glob("corpus-*"))
+    assert len(roots) == 1 and TeacherCache(roots[0]).verify() == []
+    check = subprocess.run(
+        [sys.executable, "-m", "jasper.cache", "verify", str(tmp_path / "cache")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0 and "cache OK" in check.stdout
