@@ -1,0 +1,150 @@
+"""The paper's corpus: sources mixed in fixed shares (80% fineweb-edu, 20% embedding-training-data texts).
+
+``Mix`` draws rows from named sources in the configured shares (exact quotas of ``total`` rows, interleaved by a
+seeded draw); ``TextsOf`` turns structured rows (pairs, triplets, ``{"query", "pos", "neg"}``, ``{"set": [...]}``)
+into their texts, labels dropped; ``JsonRows`` reads whole rows of local or ``hf://`` JSON-lines files (``.gz``
+too) and parquet files, streaming. Rows stay raw: the DataModule cleans, deduplicates and counts rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+
+def quotas(weights: Mapping[str, float], total: int) -> dict[str, int]:
+    """Rows per source: ``total`` split by ``weights`` (largest remainder, so the quotas sum to ``total``)."""
+    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"data.source.weights={dict(weights)} must be non-negative with a positive sum")
+    scale = total / sum(weights.values())
+    exact = {name: w * scale for name, w in weights.items()}
+    out = {name: int(v) for name, v in exact.items()}
+    for name in sorted(exact, key=lambda n: out[n] - exact[n])[: total - sum(out.values())]:
+        out[name] += 1
+    return out
+
+
+class Mix:
+    """``total`` rows from ``sources`` in the shares of ``weights`` (same keys), interleaved at random (``seed``).
+
+    A source that runs out early is logged with how many rows it lacked; the others are not stretched to make up
+    for it, so the shares never drift silently. ``counts`` holds the rows drawn per source after iteration.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Iterable[object]],
+        weights: Mapping[str, float],
+        total: int,
+        seed: int = 0,
+    ) -> None:
+        if set(sources) != set(weights):
+            raise ValueError(
+                f"data.source.sources {sorted(sources)} and data.source.weights {sorted(weights)} must name the same sources"
+            )
+        self.sources = dict(sources)
+        self.weights = dict(weights)
+        self.total = int(total)
+        self.seed = seed
+        self.counts: Counter = Counter()
+
+    def __iter__(self) -> Iterator[object]:
+        left = quotas(self.weights, self.total)
+        iterators = {name: iter(source) for name, source in self.sources.items()}
+        rng = random.Random(self.seed)
+        self.counts = Counter()
+        while any(left.values()):
+            names = [n for n in left if left[n] > 0]
+            name = rng.choices(names, weights=[left[n] for n in names])[0]
+            try:
+                row = next(iterators[name])
+            except StopIteration:
+                log.warning("source %s ran out %d row(s) short of its share", name, left[name])
+                left[name] = 0
+                continue
+            left[name] -= 1
+            self.counts[name] += 1
+            yield row
+        log.info("mixed %d rows: %s", sum(self.counts.values()), dict(self.counts))
+
+
+def texts_in(row: object, fields: Sequence[str] | None = None) -> Iterator[object]:
+    """Every text of a row: a string itself, each item of a list, the values of ``fields`` (or all) of a dict.
+
+    Anything else (numbers, None) is passed through so the DataModule counts it as non-text.
+    """
+    if isinstance(row, str):
+        yield row
+    elif isinstance(row, Mapping):
+        for key in fields if fields is not None else row:
+            if key in row:
+                yield from texts_in(row[key])
+    elif isinstance(row, list | tuple):
+        for item in row:
+            yield from texts_in(item)
+    else:
+        yield row
+
+
+class TextsOf:
+    """The texts of each row of ``rows`` (labels and scores dropped: only texts train the student)."""
+
+    def __init__(self, rows: Iterable[object], fields: Sequence[str] | None = None) -> None:
+        self.rows = rows
+        self.fields = list(fields) if fields is not None else None
+
+    def __iter__(self) -> Iterator[object]:
+        for row in self.rows:
+            yield from texts_in(row, self.fields)
+
+
+class JsonRows:
+    """Whole rows of JSON-lines (``.jsonl``, ``.jsonl.gz``; a row may be a list) or parquet files, streamed.
+
+    ``paths`` may hold globs and ``hf://datasets/...`` URLs (read through fsspec; needs the hub).
+    """
+
+    def __init__(self, paths: Sequence[str] | str, max_rows: int | None = None) -> None:
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.max_rows = max_rows
+
+    def _files(self) -> list[str]:
+        import fsspec
+
+        files = []
+        for pattern in self.paths:
+            found = sorted(f.fs.unstrip_protocol(f.path) for f in fsspec.open_files(pattern))
+            if not found:
+                raise FileNotFoundError(f"no file matches {pattern}; fix data.source paths")
+            files += found
+        return files
+
+    def __iter__(self) -> Iterator[object]:
+        count = 0
+        for path in self._files():
+            for row in self._rows(path):
+                if self.max_rows is not None and count >= self.max_rows:
+                    return
+                count += 1
+                yield row
+
+    @staticmethod
+    def _rows(path: str) -> Iterator[object]:
+        import fsspec
+
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with fsspec.open(path, "rb") as file:
+                for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+                    yield from batch.to_pylist()
+            return
+        with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as file:
+            for line in file:
+                if line.strip():
+                    yield json.loads(line)
