@@ -108,8 +108,9 @@ def relative_similarity_loss(
     :func:`teacher_pair_order` of ``teacher`` when the caller already has it (several heads share one teacher).
     Exact, not sampled. Ordered by the teacher, every term is ``relu(s_low - s_high + margin)`` between a pair and
     one ranked above it, so the loss is piecewise linear in ``s``: it needs only, for each pair, how many partners
-    above and below it have an active hinge. Those counts come from a divide-and-conquer over the teacher order
-    (sorted halves, ``searchsorted``): O(M log^2 M) time and O(M) memory, M = B(B-1)/2, never an M x M matrix.
+    above and below it have an active hinge. Those counts come from rank thresholds (one sort, ``searchsorted``)
+    and prefix dominance counts on a wavelet tree over the ranks (:func:`_prefix_rank_counts`): O(M log M) time and
+    O(M) memory, M = B(B-1)/2, never an M x M matrix. Below 32768 pairs it runs on one intra-op thread.
     float64 inputs are computed in float64, anything else in float32. Gradient flows to ``student`` only.
 
     >>> s, t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
