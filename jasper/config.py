@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from omegaconf import OmegaConf
@@ -24,16 +25,22 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
 
 
-def join_path(*parts: str) -> str:
-    """Join non-empty path parts (Hydra's override_dirname is empty when only excluded keys were overridden)."""
-    return "/".join(str(p) for p in parts if str(p))
+def sweep_subdir(overrides: str, stage: int) -> str:
+    """A multirun job's folder: ``stage<k>``, under a short hash of its other overrides when it has any.
+
+    Jobs that differ only in ``stage`` share a parent folder, so stage k finds stage k-1 beside it; the hash keeps
+    long override lists out of the path (they are in each job's .hydra/overrides.yaml).
+    """
+    if not overrides:
+        return f"stage{stage}"
+    return f"overrides-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}/stage{stage}"
 
 
 def register_resolvers() -> None:
     for name, function in [
         ("packaged_minilm", packaged_minilm),
         ("wandb_offline", wandb_offline),
-        ("join_path", join_path),
+        ("sweep_subdir", sweep_subdir),
     ]:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
