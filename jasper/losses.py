@@ -92,7 +92,8 @@ def teacher_pair_order(teacher: Tensor) -> Tensor:
     """
     if teacher.ndim != 2:
         raise ValueError(f"teacher must be a (B, d) matrix, got shape {tuple(teacher.shape)}")
-    with torch.no_grad():
+    b = len(teacher)
+    with torch.no_grad(), _one_thread_if_small(b * (b - 1) // 2, teacher.device):
         t = _upper_triangle(_compute_dtype(teacher, teacher))
         return torch.sort(
             _sort_key(t), stable=True
