@@ -1,0 +1,71 @@
+"""The vision tower: shapes through BERT- and Qwen2-style students, encode(images), saving and loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from jasper.student import FC1, Student
+from jasper.vision import VisionTower, encode_images, image_vectors, load_vision, save_vision
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def tiny_tower(embed_dim: int, seed: int = 0) -> VisionTower:
+    torch.manual_seed(seed)
+    return VisionTower(embed_dim, pool_size=2, timm_kwargs=TINY_VIT, data_config={"crop_pct": 1.0})
+
+
+def images() -> list[Image.Image]:
+    """RGB, grey, RGBA and palette images: every mode is converted to RGB."""
+    return [
+        Image.new("RGB", (40, 30), (200, 10, 10)),
+        Image.new("L", (32, 32), 128),
+        Image.new("RGBA", (50, 50), (0, 0, 255, 128)),
+        Image.new("P", (32, 32), 3),
+    ]
+
+
+@pytest.mark.parametrize("encoder", ["tiny_bert", "tiny_qwen2"])
+def test_image_tokens_go_through_the_language_model(encoder, request):
+    student = Student(request.getfixturevalue(encoder), fc1_dim=24, mrl_dims=[8, 4])
+    tower = tiny_tower(student.encoder.config.hidden_size)
+    pixels = tower.preprocess(images())
+    assert pixels.shape == (4, 3, 32, 32)
+    tokens = tower(pixels)
+    assert tokens.shape == (4, 4, 32)  # 2x2 pooled tokens in the student's input space
+    vectors = image_vectors(student, tower, pixels)
+    assert {k: tuple(v.shape) for k, v in vectors.items()} == {FC1: (4, 24), "8": (4, 8), "4": (4, 4)}
+    assert torch.allclose(vectors[FC1].norm(dim=-1), torch.ones(4), atol=1e-5)
+    vectors[FC1].sum().backward()  # gradients reach the tower through the language model
+    assert tower.projector[0].weight.grad is not None and tower.projector[0].weight.grad.abs().sum() > 0
+
+
+def test_encode_images_is_deterministic_and_comparable_with_text(tiny_bert, tmp_path):
+    student = Student(tiny_bert, fc1_dim=16, mrl_dims=[8])
+    with pytest.raises(ValueError, match="vision tower"):
+        student.encode(images=images())
+    student.attach_vision(tiny_tower(32))
+    path = tmp_path / "red.png"
+    images()[0].save(path)
+    first = student.encode(images=[path, *images()[1:]])
+    second = student.encode(images=[images()[0], *images()[1:]], batch_size=2)
+    assert first.shape == (4, 16)
+    assert torch.allclose(first, second, atol=1e-5)  # path or PIL, any batch size: the same vectors
+    texts = student.encode(["a red image", "a grey image"], head="8")
+    assert student.encode(images=images()[:1], head="8").shape[1] == texts.shape[1]
+    with pytest.raises(ValueError, match="not both"):
+        student.encode(["text"], images=images())
+
+
+def test_tower_is_not_part_of_student_pt_and_round_trips(tiny_bert, tmp_path):
+    student = Student(tiny_bert, fc1_dim=16)
+    tower = tiny_tower(32, seed=3)
+    student.attach_vision(tower)
+    assert not any(k.startswith("vision") for k in student.state_dict())  # student.pt stays the text model
+    save_vision(tower, tmp_path / "vision.pt")
+    loaded = load_vision(tmp_path / "vision.pt")
+    before = encode_images(student, tower, images(), FC1)
+    after = encode_images(student, loaded, images(), FC1)
+    assert torch.allclose(before, after, atol=1e-6)
