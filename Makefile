@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) train.py --multirun stage=1,2,3 run_name=$(RUN)
 	$(PY) report.py run_name=$(RUN)
+	$(PY) evaluate.py eval=demo run_name=$(RUN)
 
 test: install
 	$(PY) -m pytest -m "not slow" -q

@@ -385,7 +385,9 @@ def run_models(cfg: Mapping, repo: Path) -> dict[str, dict]:
         if cfg.get("teacher"):
             models["teacher"] = {"path": str(cfg["teacher"])}
         models["init"] = {"path": str(stages[0][1]), "init": True}
-        models.update({name: {"path": str(path)} for name, path in stages})
+        short = [path.parent.name for _, path in stages]  # stage1, ... unless several sweeps share the run
+        names = short if len(set(short)) == len(short) else [name for name, _ in stages]
+        models.update({name: {"path": str(path)} for name, (_, path) in zip(names, stages, strict=True)})
     if cfg.get("model"):
         models[Path(str(cfg["model"])).name or str(cfg["model"])] = {"path": str(cfg["model"])}
     for name, spec in (cfg.get("models") or {}).items():
