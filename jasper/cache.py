@@ -353,6 +353,11 @@ def _verify_teacher(folder: Path, manifest: dict, ids: np.ndarray, corpus: dict)
     return problems
 
 
+def _unit(array: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (as ``F.normalize``: eps 1e-12), in numpy: cheap for a few rows."""
+    return array / np.maximum(np.sqrt(np.einsum("ij,ij->i", array, array)), 1e-12)[:, None]
+
+
 class CacheReader:
     """Rows of one or more cached encoders, read from memory-mapped shards (memory stays flat).
 
@@ -393,18 +398,21 @@ class CacheReader:
         if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
             raise IndexError(f"row out of range 0..{self.rows - 1}")
         shard, offset = np.divmod(rows, self.shard_rows)
+        shards = np.unique(shard)
         parts = []
         for teacher, dim in enumerate(self.dims):
-            out = np.empty((len(rows), dim), dtype=np.float32)
-            for s in np.unique(shard):
-                where = shard == s
-                out[where] = self._shard(teacher, int(s))[offset[where]]
-            parts.append(torch.from_numpy(out))
-        if self.normalize:
-            parts = [F.normalize(p, dim=-1) for p in parts]
-        vectors = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+            if len(shards) == 1:  # the common case of one row, or rows of one shard: no masks
+                part = np.asarray(self._shard(teacher, int(shards[0]))[offset], dtype=np.float32)
+            else:
+                part = np.empty((len(rows), dim), dtype=np.float32)
+                for s in shards:
+                    where = shard == s
+                    part[where] = self._shard(teacher, int(s))[offset[where]]
+            parts.append(_unit(part) if self.normalize else part)
+        vectors = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         if self.normalize and len(parts) > 1:
-            vectors = F.normalize(vectors, dim=-1)
+            vectors = _unit(vectors)
+        vectors = torch.from_numpy(vectors)
         return vectors[0] if single else vectors
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
