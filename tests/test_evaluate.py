@@ -242,3 +242,24 @@ def test_eval_configs_compose():
             and demo.sts.sickr.max_pairs == 1000
             and demo.retrieval.dbpedia.max_docs == 1000
         )
+
+
+def test_run_models_lists_teacher_init_and_stages(tmp_path):
+    from jasper.evaluation.runner import run_models
+
+    for k in (1, 2, 3):
+        (tmp_path / "runs" / "r" / f"stage{k}").mkdir(parents=True)
+        (tmp_path / "runs" / "r" / f"stage{k}" / "student.pt").touch()
+    cfg = {
+        "run_name": "r",
+        "runs_dir": str(tmp_path / "runs"),
+        "teacher": "T",
+        "model": "a/stage9/student.pt",
+    }
+    models = run_models(cfg, REPO)
+    assert list(models) == ["teacher", "init", "stage1", "stage2", "stage3", "stage9/student.pt"]
+    assert models["init"] == {"path": str(tmp_path / "runs" / "r" / "stage1" / "student.pt"), "init": True}
+    with pytest.raises(FileNotFoundError, match="train first"):
+        run_models({"run_name": "none", "runs_dir": str(tmp_path)}, REPO)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        run_models({}, REPO)

@@ -389,7 +389,9 @@ def run_models(cfg: Mapping, repo: Path) -> dict[str, dict]:
         names = short if len(set(short)) == len(short) else [name for name, _ in stages]
         models.update({name: {"path": str(path)} for name, (_, path) in zip(names, stages, strict=True)})
     if cfg.get("model"):
-        models[Path(str(cfg["model"])).name or str(cfg["model"])] = {"path": str(cfg["model"])}
+        path = Path(str(cfg["model"]))
+        name = f"{path.parent.name}/{path.name}" if path.suffix in (".pt", ".ckpt") else path.name
+        models[name or str(path)] = {"path": str(path)}
     for name, spec in (cfg.get("models") or {}).items():
         models[name] = {"path": spec} if isinstance(spec, str) else dict(spec)
     if not models:
