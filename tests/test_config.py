@@ -69,8 +69,8 @@ def test_stage3_with_custom_heads_composes_and_instantiates(minilm_path):
 
 
 def test_unknown_stage_is_refused():
-    cfg = compose_train(["stage=4"])
-    with pytest.raises(ValueError, match="unknown stage=4"):
+    cfg = compose_train(["stage=5"])
+    with pytest.raises(ValueError, match="unknown stage=5"):
         check_stage(cfg)
 
 
