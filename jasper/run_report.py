@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -46,6 +47,9 @@ def report(cfg: DictConfig) -> str:
         raise FileNotFoundError(
             f"no {STUDENT_FILE} under {run_dir}: train first (python train.py run_name={cfg.run_name})"
         )
+    L.seed_everything(
+        cfg.seed
+    )  # as in jasper.train.build: the same random FC1 and heads as stage 1 started from
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
     datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize)

@@ -93,9 +93,12 @@ class DistillModule(L.LightningModule):
         if self.student.encoder_frozen:
             self.student.encoder.eval()
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups: every parameter that trains, at the configured lr."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self):
-        parameters = [p for p in self.student.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(parameters)
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -141,18 +144,35 @@ class Stage2(Stage1):
 class Stage3(DistillModule):
     """The whole student trains. Every MRL head learns the teachers' in-batch geometry (sim + resim against the
     full teacher vector: its dimension differs, so no cosine term); FC1 keeps its three-loss objective unless
-    ``keep_fc1_loss=False``."""
+    ``keep_fc1_loss=False``. ``head_lr``: the MRL heads' own lr (they start from random, unlike the
+    pretrained encoder and the FC1 of stages 1-2); ``None`` trains them at the optimiser's lr."""
 
-    def __init__(self, student: Student, loss: DistillLoss, keep_fc1_loss: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        student: Student,
+        loss: DistillLoss,
+        keep_fc1_loss: bool = True,
+        head_lr: float | None = None,
+        **kwargs,
+    ) -> None:
         if not student.mrl_dims:
             raise ValueError(
                 "stage 3 trains the MRL heads but model.mrl_dims is empty: set e.g. model.mrl_dims=[1024,512,256]"
             )
         self.keep_fc1_loss = keep_fc1_loss
+        self.head_lr = head_lr
         super().__init__(student, loss, **kwargs)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
+
+    def parameter_groups(self) -> list[dict]:
+        heads = list(self.student.heads.parameters())
+        if self.head_lr is None or not heads:
+            return super().parameter_groups()
+        head_ids = {id(p) for p in heads}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        return [{"params": rest}, {"params": heads, "lr": self.head_lr}]
 
     def trained_heads(self) -> list[str]:
         heads = [str(d) for d in self.student.mrl_dims]
@@ -327,16 +347,6 @@ class Stage4(DistillModule):
             metrics = {**pair_recall(images, captions), "chance R@1": 1.0 / len(images)}
             rows.append(ResultRow("", head, self.student.head_dim(head), metrics))
         return rows
-
-    def configure_optimizers(self):
-        parameters = [
-            p for p in self.parameters() if p.requires_grad
-        ]  # the tower (+ the student if train_text)
-        optimizer = self.optimizer_factory(parameters)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
         if self.report_dir and self.trainer.is_global_zero:

@@ -81,7 +81,7 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
     assert list(rows) == ["init", "stage1", "stage2", "stage3"]
     init, final = rows["init"], rows["stage3"]
     assert final["cos fc1"] > init["cos fc1"] + 0.3  # a random FC1 starts near 0
-    assert final["spearman fc1"] > init["spearman fc1"] + 0.02
+    assert final["spearman fc1"] > init["spearman fc1"] + 0.005
     for head in ("128", "32"):  # trained only in stage 3
         assert final[f"spearman {head}"] > rows["stage2"][f"spearman {head}"]
 

@@ -95,3 +95,12 @@ def test_stage3_needs_mrl_heads(tiny_bert):
 def test_stage2_rejects_more_layers_than_the_student_has(tiny_bert):
     with pytest.raises(ValueError, match="unfreeze_layers"):
         make(Stage2, tiny_bert, unfreeze_layers=5)
+
+
+def test_stage3_head_lr_gives_the_heads_their_own_group(tiny_bert):
+    module = make(Stage3, tiny_bert, head_lr=0.05)
+    groups = module.configure_optimizers().param_groups
+    heads = {id(p) for p in module.student.heads.parameters()}
+    assert [g["lr"] for g in groups] == [0.5, 0.05]
+    assert {id(p) for p in groups[1]["params"]} == heads
+    assert len(groups[0]["params"]) + len(heads) == len(list(module.student.parameters()))
