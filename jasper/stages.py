@@ -144,8 +144,14 @@ class Stage2(Stage1):
 class Stage3(DistillModule):
     """The whole student trains. Every MRL head learns the teachers' in-batch geometry (sim + resim against the
     full teacher vector: its dimension differs, so no cosine term); FC1 keeps its three-loss objective unless
-    ``keep_fc1_loss=False``. ``head_lr``: the MRL heads' own lr (they start from random, unlike the
-    pretrained encoder and the FC1 of stages 1-2); ``None`` trains them at the optimiser's lr."""
+    ``keep_fc1_loss=False``. ``head_lr``: the MRL heads' own lr (they are new, unlike the pretrained encoder and
+    the FC1 of stages 1-2); ``None`` trains them at the optimiser's lr.
+
+    ``head_init="fc1_prefix"`` starts each head of size d as FC1's first d outputs, so its vectors begin as a
+    projection of the trained FC1 vector rather than a random one: random heads give large similarity losses whose
+    gradients also reach the encoder and pull FC1 away from the teachers early in the stage. ``"random"`` keeps
+    the heads as they are (the paper does not say how FC2-FC4 start).
+    """
 
     def __init__(
         self,
@@ -153,15 +159,20 @@ class Stage3(DistillModule):
         loss: DistillLoss,
         keep_fc1_loss: bool = True,
         head_lr: float | None = None,
+        head_init: str = "fc1_prefix",
         **kwargs,
     ) -> None:
         if not student.mrl_dims:
             raise ValueError(
                 "stage 3 trains the MRL heads but model.mrl_dims is empty: set e.g. model.mrl_dims=[1024,512,256]"
             )
+        if head_init not in ("fc1_prefix", "random"):
+            raise ValueError(f"stage.module.head_init={head_init!r}: choose fc1_prefix or random")
         self.keep_fc1_loss = keep_fc1_loss
         self.head_lr = head_lr
         super().__init__(student, loss, **kwargs)
+        if head_init == "fc1_prefix":
+            init_heads_from_fc1(student)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
@@ -189,6 +200,15 @@ class Stage3(DistillModule):
             terms.update(head_terms)
             total = total + head_total
         return {**terms, "total": total}
+
+
+@torch.no_grad()
+def init_heads_from_fc1(student: Student) -> None:
+    """Each separate head of size d <= FC1's takes FC1's first d rows (weights and bias)."""
+    for name, head in student.heads.items():
+        rows = min(int(name), student.fc1_dim)
+        head.weight[:rows].copy_(student.fc1.weight[:rows])
+        head.bias[:rows].copy_(student.fc1.bias[:rows])
 
 
 class Stage4(DistillModule):

@@ -104,3 +104,17 @@ def test_stage3_head_lr_gives_the_heads_their_own_group(tiny_bert):
     assert [g["lr"] for g in groups] == [0.5, 0.05]
     assert {id(p) for p in groups[1]["params"]} == heads
     assert len(groups[0]["params"]) + len(heads) == len(list(module.student.parameters()))
+
+
+def test_stage3_heads_start_as_the_prefix_of_fc1(tiny_bert):
+    module = make(Stage3, tiny_bert)
+    student = module.student
+    batch = student.tokenize(TEXTS[:3])
+    with torch.no_grad():
+        pooled = student.pooled(batch["input_ids"], batch["attention_mask"])
+        raw = student.fc1(pooled)
+        vectors = student.project(pooled)
+    expected = torch.nn.functional.normalize(raw[:, :8], dim=-1)
+    assert torch.allclose(vectors["8"], expected, atol=1e-6)
+    random_heads = make(Stage3, tiny_bert, head_init="random").student
+    assert not torch.equal(random_heads.heads["8"].weight, random_heads.fc1.weight[:8])
