@@ -38,7 +38,7 @@ def small_run(run_dir: Path, corpus_file: str, cache: Path, steps: int = 30, bat
         f"paths.cache_dir={cache}",
         "data=local_files",
         f"data.source.paths=[{corpus_file}]",
-        "data.val_texts=48",
+        "data.val_texts=96",
         "data.max_texts=400",
         "model.max_length=64",
         "model.mrl_dims=[128,32]",
@@ -79,11 +79,12 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
     report(cfg)
     rows = {row.model.split("/")[-1]: row.metrics for row in load_json(tmp_path / "fidelity.json")}
     assert list(rows) == ["init", "stage1", "stage2", "stage3"]
-    init, final = rows["init"], rows["stage3"]
-    assert final["cos fc1"] > init["cos fc1"] + 0.3  # a random FC1 starts near 0
-    assert final["spearman fc1"] > init["spearman fc1"] + 0.005
+    init = rows["init"]
+    for stage in ("stage1", "stage2", "stage3"):  # a random FC1 starts near 0
+        assert rows[stage]["cos fc1"] > init["cos fc1"] + 0.3
+    assert rows["stage1"]["spearman fc1"] > init["spearman fc1"] + 0.005
     for head in ("128", "32"):  # trained only in stage 3
-        assert final[f"spearman {head}"] > rows["stage2"][f"spearman {head}"]
+        assert rows["stage3"][f"spearman {head}"] > init[f"spearman {head}"] + 0.003
 
 
 def test_resume_from_last_checkpoint(tmp_path, corpus_file, cache_dir):
