@@ -225,6 +225,8 @@ class Stage4(DistillModule):
     ``vision_init_from``: a ``vision.pt`` or stage-4 ``.ckpt`` to continue from. ``save_path``: where the tower
     is written at the end of fit (``vision.pt`` beside ``student.pt``). ``report_dir``: where the held-out
     image<->caption recall before and after training is written (``image_retrieval.{json,md}``).
+    ``loss_weights``: stage 4's own overrides of ``loss=`` (``cosine``, ``similarity``, ``relative_similarity``,
+    ``margin``); the embedded default raises the cosine weight (conf/vision/minilm_l3.yaml, docs/vision.md).
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class Stage4(DistillModule):
         vision_init_from: str | None = None,
         save_path: str | None = None,
         report_dir: str | None = None,
+        loss_weights: dict | None = None,
         **kwargs,
     ) -> None:
         from jasper.vision import VisionTower, load_vision_weights
@@ -252,6 +255,20 @@ class Stage4(DistillModule):
         )
         if vision_init_from:
             load_vision_weights(tower, vision_init_from)
+        if loss_weights:  # stage 4's own weights on top of loss= (the other stages keep loss= as it is)
+            unknown = set(loss_weights) - {"cosine", "similarity", "relative_similarity", "margin"}
+            if unknown:
+                raise ValueError(f"stages.stage4.module.loss_weights: unknown keys {sorted(unknown)}")
+            loss = DistillLoss(
+                **{
+                    "cosine": loss.weights["cos"],
+                    "similarity": loss.weights["sim"],
+                    "relative_similarity": loss.weights["resim"],
+                    "margin": loss.margin,
+                    "gather_across_ranks": loss.gather_across_ranks,
+                    **loss_weights,
+                }
+            )
         self.train_text = train_text  # read by trainable_parameters() during the base __init__
         super().__init__(student, loss, **kwargs)
         self.vision = tower

@@ -132,6 +132,27 @@ def test_only_the_vision_tower_trains_by_default(tiny_bert, tmp_path, train_text
     assert any(k.startswith("vision.backbone") for k in changed)
 
 
+def test_loss_weights_override_only_stage_4s_loss(tiny_bert):
+    shared = DistillLoss(similarity=100.0, margin=0.02)
+    module = Stage4(
+        Student(tiny_bert, fc1_dim=16, mrl_dims=[8]),
+        shared,
+        tower_factory(),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        loss_weights={"cosine": 200.0},
+    )
+    assert module.loss.weights == {"cos": 200.0, "sim": 100.0, "resim": 20.0} and module.loss.margin == 0.02
+    assert shared.weights["cos"] == 10.0  # loss= itself is untouched
+    with pytest.raises(ValueError, match="unknown keys"):
+        Stage4(
+            Student(tiny_bert, fc1_dim=16, mrl_dims=[8]),
+            shared,
+            tower_factory(),
+            optimizer=partial(torch.optim.AdamW, lr=1e-3),
+            loss_weights={"cos": 1.0},
+        )
+
+
 def test_alignment_improves_on_a_tiny_synthetic_run(tiny_bert, tmp_path):
     """A few steps on 16 pairs: each image must move towards its own caption and away from the others (the mean
     margin of the right caption's cosine over the others'), and the distillation loss must fall."""
@@ -180,3 +201,6 @@ def test_stage4_composes_with_the_default_and_the_paper():
         assert paper.stages.stage4.steps == 3500
         assert paper.stages.stage4.module.optimizer.lr == pytest.approx(1e-4)
         assert paper.vision.model_name == "vit_so400m_patch14_siglip_384"
+        # The embedded budget raises stage 4's cosine weight; the paper keeps loss= (10/200/20) as it is.
+        assert settings.module.loss_weights == {"cosine": 200.0}
+        assert paper.stages.stage4.module.loss_weights is None
