@@ -28,9 +28,11 @@ def minilm_path() -> str:
 
 
 def _save_tiny(model_config, folder: Path, minilm: str) -> str:
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     model_config.vocab_size = 30522
+    torch.manual_seed(0)  # the same tiny model in every session: tests that train it are deterministic
     AutoModel.from_config(model_config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)  # a real tokenizer; the weights are random
     return str(folder)

@@ -118,3 +118,25 @@ def test_a_source_with_nothing_usable_fails(tiny_bert):
     module = TextDistillDataModule(["", None], ensemble, tokenize=lambda t: {}, val_texts=1)
     with pytest.raises(ValueError, match="no usable text"):
         module.setup("fit")
+
+
+def test_length_buckets_cover_every_row_once_in_similar_length_batches():
+    from torch.utils.data import RandomSampler
+
+    from jasper.data.batching import LengthBucketBatchSampler
+
+    lengths = [random.Random(i).randint(1, 500) for i in range(1000)]
+    sampler = LengthBucketBatchSampler(
+        RandomSampler(range(1000), generator=torch.Generator().manual_seed(0)),
+        10,
+        True,
+        lengths,
+        window_batches=20,
+    )
+    first, second = list(sampler), list(sampler)
+    for epoch in (first, second):
+        assert sorted(i for batch in epoch for i in batch) == list(range(1000))
+        assert all(len(batch) == 10 for batch in epoch)
+    assert first != second  # a new order every epoch
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first) / len(first)
+    assert spread < 50  # random batches of 10 from 1..500 spread ~400

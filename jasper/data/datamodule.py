@@ -12,10 +12,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from jasper.cache import CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
+from jasper.data.batching import LengthBucketBatchSampler
 from jasper.teachers import TeacherEnsemble, check_finite
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class TextDistillDataModule(L.LightningDataModule):
         shard_rows: int = 65536,
         max_chars: int | None = None,
         features: object | None = None,
+        length_buckets: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -181,6 +183,7 @@ class TextDistillDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.num_workers = num_workers
         self.seed = seed
+        self.length_buckets = length_buckets
         self.rejected: Counter = Counter()
         self.train_set: DistillTextDataset | None = None
         self.val_set: DistillTextDataset | None = None
@@ -283,15 +286,24 @@ class TextDistillDataModule(L.LightningDataModule):
         self.val_set = DistillTextDataset(held_out, val_vectors)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
+        common = {
+            "collate_fn": self.collate,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not self.length_buckets:
+            return DataLoader(
+                self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, **common
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        batches = LengthBucketBatchSampler(
+            RandomSampler(self.train_set, generator=generator),
+            self.batch_size,
             drop_last=True,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            lengths=[len(t) for t in self.train_set.texts],
+            seed=self.seed,
         )
+        return DataLoader(self.train_set, batch_sampler=batches, **common)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
