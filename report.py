@@ -9,7 +9,7 @@ from jasper.run_report import report
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    print(report(cfg))
+    report(cfg)  # logs the table and writes fidelity.{json,md,png} into the run folder
 
 
 if __name__ == "__main__":
