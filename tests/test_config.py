@@ -11,7 +11,7 @@ import jasper.config  # noqa: F401  (resolvers)
 from jasper.train import check_stage
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug"]
+GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug", "hparams_search"]
 
 
 def compose_train(overrides: list[str], tmp_path: Path | None = None):
