@@ -40,6 +40,10 @@ STUDENT_KEYS = ("model_name_or_path", "fc1_dim", "mrl_dims", "mrl_mode", "num_la
 
 
 # Reading checkpoints.
+VISION_FILE = "vision.pt"
+MULTIMODAL_DIR = "multimodal"
+
+
 def is_deepspeed_dir(path: str | Path) -> bool:
     """A DeepSpeed checkpoint directory (Lightning writes ``<name>.ckpt/`` as one): a ``latest`` file or a tag
     folder holding ``*model_states.pt``."""
@@ -227,7 +231,42 @@ def export_checkpoint(
         raise ValueError("out must differ from ckpt")
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         shutil.rmtree(out_dir)  # a stale export would leave old modules behind
-    return export_student(student, out_dir, train_config=train_config, scores=scores, source=str(ckpt))
+    out = export_student(student, out_dir, train_config=train_config, scores=scores, source=str(ckpt))
+    tower = Path(ckpt).parent / VISION_FILE
+    if Path(ckpt).is_file() and tower.is_file():  # a stage-4 run: the image path goes along
+        export_vision(Path(ckpt), tower, out)
+    return out
+
+
+def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
+    """Put a stage-4 student and its vision tower beside the text model. sentence-transformers has no module
+    that feeds image tokens to the encoder, so images need jasper: :func:`load_multimodal`."""
+    multimodal = out_dir / MULTIMODAL_DIR
+    multimodal.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(student_file, multimodal / "student.pt")
+    shutil.copyfile(tower_file, multimodal / VISION_FILE)
+    info_file = out_dir / EXPORT_FILE
+    info = json.loads(info_file.read_text())
+    info["multimodal"] = {
+        "student": f"{MULTIMODAL_DIR}/student.pt",
+        "vision": f"{MULTIMODAL_DIR}/{VISION_FILE}",
+    }
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+    log.info("exported the vision tower to %s (load with jasper.export.load_multimodal)", multimodal)
+
+
+def load_multimodal(export_dir: str | Path) -> Student:
+    """The exported student with its vision tower attached: ``encode(texts)`` and ``encode(images=[...])``."""
+    from jasper.vision import load_vision
+
+    info = json.loads((Path(export_dir) / EXPORT_FILE).read_text())
+    if "multimodal" not in info:
+        raise ValueError(
+            f"{export_dir} holds no vision tower: export a stage-4 student.pt (vision.pt beside it)"
+        )
+    student, _ = load_student(Path(export_dir) / info["multimodal"]["student"])
+    student.attach_vision(load_vision(Path(export_dir) / info["multimodal"]["vision"]).eval())
+    return student
 
 
 # Model card.

@@ -203,3 +203,25 @@ def test_stage4_composes_with_the_default_and_the_paper():
         # The embedded budget raises stage 4's cosine weight; the paper keeps loss= (10/200/20) as it is.
         assert settings.module.loss_weights == {"cosine": 200.0}
         assert paper.stages.stage4.module.loss_weights is None
+
+
+def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
+    from jasper.checkpoints import save_student
+    from jasper.export import export_checkpoint, load_multimodal
+    from jasper.vision import save_vision
+
+    torch.manual_seed(0)
+    module = stage4(tiny_bert)
+    run = tmp_path / "stage4"
+    save_student(module.student, run / "student.pt")
+    save_vision(module.vision, run / "vision.pt")
+    images = [
+        image for image, _ in SyntheticShapes(count=4, image_size=32, seed=3, cache_dir=str(tmp_path / "img"))
+    ]
+    module.student.attach_vision(module.vision)
+    before = module.student.encode(images=images, head="8")
+    exported = load_multimodal(export_checkpoint(run / "student.pt", tmp_path / "export"))
+    assert torch.allclose(exported.encode(images=images, head="8"), before, atol=1e-5)
+    assert torch.allclose(
+        exported.encode(["a red square"]), module.student.encode(["a red square"]), atol=1e-5
+    )
