@@ -88,8 +88,9 @@ class DistillModule(L.LightningModule):
             self.log(f"val/spearman_{head}", scores["spearman"])
         self._val_outputs.clear()
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A frozen encoder stays in eval mode: dropout off, so its features are a fixed function of the text.
+        # Per batch, not per epoch: Lightning puts the module back in train mode after every validation run.
         if self.student.encoder_frozen:
             self.student.encoder.eval()
 
@@ -324,8 +325,6 @@ class Stage4(DistillModule):
             datamodule.transform = self.vision.transform  # the tower's own timm preprocessing
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        if self.student.encoder_frozen:
-            self.student.encoder.eval()  # Lightning's train() after validation would turn dropout back on
         teacher = self.caption_vectors(batch)
         terms = self.losses(self(batch), teacher)
         size = len(batch["pixels"])

@@ -122,7 +122,9 @@ def test_only_the_vision_tower_trains_by_default(tiny_bert, tmp_path, train_text
     pairs = list(SyntheticShapes(count=8, image_size=32, cache_dir=str(tmp_path)))
     before = {k: v.clone() for k, v in module.named_parameters()}
     optimizer = module.configure_optimizers()
-    loss = module.training_step(batch_of(module, pairs), 0)
+    batch = batch_of(module, pairs)
+    module.on_train_batch_start(batch, 0)
+    loss = module.training_step(batch, 0)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -174,6 +176,7 @@ def test_alignment_improves_on_a_tiny_synthetic_run(tiny_bert, tmp_path):
 
     own_before, loss_before = alignment()
     for step in range(12):
+        module.on_train_batch_start(batch, step)
         loss = module.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()

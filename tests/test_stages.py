@@ -22,6 +22,7 @@ def changed_after_one_step(module) -> set[str]:
     batch["teacher"] = torch.nn.functional.normalize(torch.randn(len(TEXTS), 24), dim=-1)
     before = {n: p.detach().clone() for n, p in module.student.named_parameters()}
     optimizer = module.configure_optimizers()
+    module.on_train_batch_start(batch, 0)
     loss = module.training_step(batch, 0)
     loss.backward()
     optimizer.step()
@@ -118,3 +119,14 @@ def test_stage3_heads_start_as_the_prefix_of_fc1(tiny_bert):
     assert torch.allclose(vectors["8"], expected, atol=1e-6)
     random_heads = make(Stage3, tiny_bert, head_init="random").student
     assert not torch.equal(random_heads.heads["8"].weight, random_heads.fc1.weight[:8])
+
+
+def test_a_frozen_encoder_stays_in_eval_mode_after_validation(tiny_bert):
+    module = make(Stage1, tiny_bert)
+    module.train()  # what Lightning does after each validation run
+    module.on_train_batch_start({}, 0)
+    assert not module.student.encoder.training and module.student.fc1.training
+    stage2 = make(Stage2, tiny_bert)
+    stage2.train()
+    stage2.on_train_batch_start({}, 0)
+    assert stage2.student.encoder.training  # a partly trained encoder keeps its dropout
