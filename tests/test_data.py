@@ -75,16 +75,21 @@ def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_pat
     teacher = HuggingFaceTeacher(tiny_bert, max_length=64)
     ensemble = TeacherEnsemble([teacher], batch_size=16)
     rows = docstrings[:60] + ["", None, 7]
-    module = TextDistillDataModule(
-        rows,
-        ensemble,
-        tokenize=lambda t: {"n": torch.tensor([len(t)])},
-        batch_size=8,
-        val_texts=10,
-        augment={"chunk_share": 0.5, "shuffle_share": 0.1},
-        seed=1,
-        cache_dir=str(tmp_path),
-    )
+
+    def data_module() -> TextDistillDataModule:
+        augment = {"chunk_share": 0.5, "shuffle_share": 0.1}
+        return TextDistillDataModule(
+            rows,
+            ensemble,
+            tokenize=lambda t: {},
+            batch_size=8,
+            val_texts=10,
+            augment=augment,
+            seed=1,
+            cache_dir=str(tmp_path),
+        )
+
+    module = data_module()
     with caplog.at_level("WARNING"):
         module.setup("fit")
     assert "rejected 3 row(s)" in caplog.text
@@ -97,16 +102,7 @@ def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_pat
     assert torch.allclose(val.teacher_vectors, teacher.encode(val.texts), atol=2e-3)
     assert set(val.texts).isdisjoint(train.texts)
     # A second module with the same texts and teachers reads the cached vectors.
-    again = TextDistillDataModule(
-        rows,
-        ensemble,
-        tokenize=lambda t: {},
-        batch_size=8,
-        val_texts=10,
-        augment={"chunk_share": 0.5, "shuffle_share": 0.1},
-        seed=1,
-        cache_dir=str(tmp_path),
-    )
+    again = data_module()
     with caplog.at_level("INFO"):
         again.setup("fit")
     assert "read from" in caplog.text
