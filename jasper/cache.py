@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from jasper.model_files import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -141,14 +143,6 @@ def refusal(encoder: object, folder: Path, stored: dict) -> CacheMismatch | None
 
 
 # Files.
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write) -> None:
     """``write(file)`` into a temporary file next to ``path``, fsync, rename over ``path``, fsync the folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -157,7 +151,7 @@ def _atomic_write(path: Path, write) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -48,6 +48,15 @@ def cache_home() -> Path:
     return Path(base).expanduser() / "jasper"
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (fsync the folder itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: Path) -> dict | list | None:
     try:
         return json.loads(Path(path).read_text())
