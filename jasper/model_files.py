@@ -122,33 +122,65 @@ def _file_identity(path: Path) -> str:
     return file_sha256(path)
 
 
+def select_digested(paths: list[str]) -> list[str]:
+    """Of a model's files (relative POSIX paths), those that shape its vectors, sorted: weights (``*.bin`` only where
+    no ``*.safetensors`` sits beside it, as transformers prefers safetensors), configs, tokenizer, remote code; no
+    hidden files, no ONNX / OpenVINO exports, no documentation."""
+    with_safetensors = {p.rpartition("/")[0] for p in paths if p.endswith(".safetensors")}
+    return sorted(
+        p
+        for p in paths
+        if p.endswith(DIGESTED_SUFFIXES)
+        and not any(part.startswith(".") or part in SKIPPED_DIRS for part in p.split("/"))
+        and not (p.endswith((".bin", ".pt", ".pth")) and p.rpartition("/")[0] in with_safetensors)
+    )
+
+
 def digested_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` (recursively) that shape the model's vectors, sorted: weights (``*.bin`` only where
-    no ``*.safetensors`` sits beside it, as transformers prefers safetensors), configs, tokenizer, remote code."""
-    files = []
+    """The files of ``folder`` (recursively) that :func:`select_digested` keeps."""
+    paths = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
-        has_safetensors = any(n.endswith(".safetensors") for n in names)
-        for name in names:
-            if name.startswith(".") or not name.endswith(DIGESTED_SUFFIXES):
-                continue
-            if has_safetensors and name.endswith((".bin", ".pt", ".pth")):
-                continue
-            files.append(Path(root) / name)
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS]
+        paths += [(Path(root) / name).relative_to(folder).as_posix() for name in names]
+    return [folder / p for p in select_digested(paths)]
+
+
+def _digest(identities: dict[str, str]) -> str | None:
+    """One 16-hex digest of (relative path, content identity) pairs; ``None`` for no files."""
+    if not identities:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(identities):
+        digest.update(f"{path}\0{identities[path]}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def folder_digest(folder: Path | None) -> str | None:
-    """One 16-hex digest of :func:`digested_files` (relative paths and contents); ``None`` when there is no folder."""
+    """The digest of a model folder's :func:`digested_files` (relative paths and contents); ``None`` for none."""
     if folder is None:
         return None
-    files = digested_files(folder)
-    if not files:
+    return _digest({p.relative_to(folder).as_posix(): _file_identity(p) for p in digested_files(folder)})
+
+
+def hub_listing(repo_id: str, revision: str | None = None) -> tuple[str, str | None] | None:
+    """(commit, digest) of a hub repo that is not on this machine, from its file metadata alone (no download).
+
+    The identities are those a local snapshot's blobs are named by (SHA-256 for LFS files, the git blob id for the
+    rest), so the digest equals :func:`folder_digest` of the snapshot once it is downloaded. ``None`` offline
+    (``HF_HUB_OFFLINE=1``) or when the hub cannot answer.
+    """
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
         return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_identity(path)}\n".encode())
-    return digest.hexdigest()[:16]
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except Exception as error:  # noqa: BLE001 (no network, no such repo, no access: all mean "unknown")
+        log.warning("cannot read the file list of %s from the hub: %s", repo_id, error)
+        return None
+    identities = {s.rfilename: f"blob:{s.lfs.sha256 if s.lfs else s.blob_id}" for s in info.siblings or []}
+    kept = select_digested(list(identities))
+    return info.sha, _digest({p: identities[p] for p in kept})
 
 
 def config_value(folder: Path | None, *keys: str) -> int | None:

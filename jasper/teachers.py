@@ -27,6 +27,7 @@ from jasper.model_files import (
     config_value,
     folder_digest,
     hub_commit,
+    hub_listing,
     local_folder,
     sentence_transformer_dim,
     sentence_transformer_layers,
@@ -95,16 +96,24 @@ class LazyTeacher:
         return local_folder(self.model_name_or_path, self.revision)
 
     @cached_property
+    def hub(self) -> tuple[str, str | None] | None:
+        """(commit, digest) from the hub's file metadata, for a hub id whose files are not on this machine."""
+        if self.folder is not None:
+            return None
+        return hub_listing(self.model_name_or_path, self.revision)
+
+    @cached_property
     def commit(self) -> str | None:
-        """The configured revision, or the commit of the local hub snapshot the model loads from."""
-        return self.revision or hub_commit(self.folder)
+        """The configured revision, or the commit of the hub snapshot the model loads from."""
+        return self.revision or hub_commit(self.folder) or (self.hub[0] if self.hub else None)
 
     @cached_property
     def weights(self) -> str | None:
-        digest = folder_digest(self.folder)
+        digest = folder_digest(self.folder) if self.folder is not None else (self.hub or (None, None))[1]
         if digest is None:
             log.warning(
-                "teacher %s: its files are not on this machine (%s), so its cache key holds no weights digest",
+                "teacher %s: its files are neither on this machine nor listed by the hub (%s), so its cache key "
+                "holds no weights digest",
                 self.name,
                 self.model_name_or_path,
             )

@@ -107,3 +107,31 @@ def test_cache_home_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("JASPER_CACHE_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert model_files.cache_home() == Path(tmp_path / "xdg" / "jasper")
+
+
+def test_a_hub_model_not_on_this_machine_gets_the_digest_its_snapshot_will_have(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--model"
+    commit = "b" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    siblings = []
+    for name, blob, lfs in [
+        ("config.json", "c0ffee", None),
+        ("model.safetensors", "5afe", "5afe"),
+        ("README.md", "d0c", None),
+    ]:
+        (repo / "blobs" / blob).write_text("{}")
+        os.symlink(f"../../blobs/{blob}", snapshot / name)
+        siblings.append(
+            SimpleNamespace(rfilename=name, blob_id=blob, lfs=SimpleNamespace(sha256=lfs) if lfs else None)
+        )
+    info = SimpleNamespace(sha=commit, siblings=siblings)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo, revision, files_metadata: info)
+    assert model_files.hub_listing("org/model") == (commit, folder_digest(snapshot))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert model_files.hub_listing("org/model") is None  # offline: never the network
