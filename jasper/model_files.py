@@ -20,6 +20,8 @@ import logging
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, snapshot_download
+
 log = logging.getLogger(__name__)
 
 # Files that change a model's vectors; alternative export formats and documentation are left out.
@@ -71,8 +73,6 @@ def local_folder(model_name_or_path: str, revision: str | None = None) -> Path |
     if path.is_dir():
         return path
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(str(model_name_or_path), revision=revision, local_files_only=True))
     except Exception as error:  # noqa: BLE001 (not in the local cache, or not a valid hub id: both mean "unknown")
         log.debug("%s is not in the local Hugging Face cache: %s", model_name_or_path, error)
@@ -169,8 +169,6 @@ def hub_listing(repo_id: str, revision: str | None = None) -> tuple[str, str | N
     rest), so the digest equals :func:`folder_digest` of the snapshot once it is downloaded. ``None`` offline
     (``HF_HUB_OFFLINE=1``) or when the hub cannot answer.
     """
-    from huggingface_hub import HfApi, constants
-
     if constants.HF_HUB_OFFLINE:
         return None
     try:
