@@ -28,10 +28,13 @@ RESULTS = REPO / "experiments" / "recipe_ablations.json"
 
 # The base recipe every variant departs from (the embedded default plus these overrides).
 BASE = [
+    "teachers=minilm",  # the 6-layer MiniLM + the student's own init (768-d), as the embedded default had then
     "data=english_prose",
+    "data.source.sources=[gcide,docstrings]",
     "data.max_texts=8000",
     "stages.stage1.module.closed_form=1e-3",
     "stages.stage2.steps=300",
+    "stages.stage2.module.optimizer.lr=1e-4",
 ]
 
 
@@ -44,9 +47,9 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "base": Variant("base recipe (english_prose, closed-form stage 1 + polish)"),
-    "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
-    "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
+    "base": Variant(
+        "base: english_prose (gcide + docstrings), both teachers, closed-form stage 1 + 150 polishing steps, stage 2 lr 1e-4"
+    ),
     "s1_trained": Variant(
         "stage 1 trained from a random FC1 (no closed form)",
         ["stages.stage1.module.closed_form=null"],
@@ -55,22 +58,35 @@ VARIANTS: dict[str, Variant] = {
     "s1_closed_only": Variant(
         "stage 1 closed form, no polishing steps", ["stages.stage1.steps=0"], stages=(1,)
     ),
-    "s1_closed_polish": Variant("stage 1 closed form + polishing steps (base stage 1)", [], stages=(1,)),
-    "s2_lr_paper": Variant(
-        "stage 2 lr 8e-5 (paper)", ["stages.stage2.module.optimizer.lr=8e-5"], stages=(2,), start="base"
+    "s2_lr_1e-3": Variant(
+        "stage 2 lr 1e-3", ["stages.stage2.module.optimizer.lr=1e-3"], stages=(2,), start="base"
     ),
     "s2_lr_3e-4": Variant(
         "stage 2 lr 3e-4", ["stages.stage2.module.optimizer.lr=3e-4"], stages=(2,), start="base"
     ),
-    "s2_lr_1e-3": Variant(
-        "stage 2 lr 1e-3", ["stages.stage2.module.optimizer.lr=1e-3"], stages=(2,), start="base"
+    "s2_lr_paper": Variant(
+        "stage 2 lr 8e-5 (paper)", ["stages.stage2.module.optimizer.lr=8e-5"], stages=(2,), start="base"
     ),
-    "s2_base": Variant("stage 2 as in base", [], stages=(2,), start="base"),
+    "s3_self_distilled": Variant(
+        "stage 3 heads self-distilled from FC1",
+        ["stages.stage3.module.head_teacher=fc1"],
+        stages=(3,),
+        start="base",
+    ),
+    "s3_prefix": Variant(
+        "stage 3 prefix (Matryoshka) heads", ["model.mrl_mode=prefix"], stages=(3,), start="base"
+    ),
     "s2_batch_128": Variant(
-        "stage 2 batch 128, steps / 4 (equal texts)", ["+s2=batch128"], stages=(2,), start="base"
+        "stage 2 batch 128 for 75 steps (equal texts)",
+        ["stages.stage2.batch_size=128", "stages.stage2.steps=75", "stages.stage2.warmup_steps=3"],
+        stages=(2,),
+        start="base",
     ),
     "s2_batch_512": Variant(
-        "stage 2 batch 512, steps / 16 (equal texts)", ["+s2=batch512"], stages=(2,), start="base"
+        "stage 2 batch 512 for 19 steps (equal texts)",
+        ["stages.stage2.batch_size=512", "stages.stage2.steps=19", "stages.stage2.warmup_steps=1"],
+        stages=(2,),
+        start="base",
     ),
     "s2_random_batches": Variant(
         "stage 2 random batches (no length buckets)", ["data.length_buckets=false"], stages=(2,), start="base"
@@ -90,16 +106,33 @@ VARIANTS: dict[str, Variant] = {
         stages=(2,),
         start="base",
     ),
-    "s3_base": Variant("stage 3 as in base (separate heads, teacher targets)", [], stages=(3,), start="base"),
-    "s3_prefix": Variant(
-        "stage 3 prefix (Matryoshka) heads", ["model.mrl_mode=prefix"], stages=(3,), start="base"
+    "teacher_minilm6_only": Variant(
+        "teachers: the 6-layer MiniLM alone (no student-init teacher; FC1 384-d)", ["teachers=minilm6"]
     ),
-    "s3_self_distilled": Variant(
-        "stage 3 heads self-distilled from FC1",
-        ["stages.stage3.module.head_teacher=fc1"],
-        stages=(3,),
-        start="base",
+    "t6_s2_lr_1e-3": Variant(
+        "teachers: 6-layer alone + stage 2 lr 1e-3",
+        ["teachers=minilm6", "stages.stage2.module.optimizer.lr=1e-3"],
+        stages=(2, 3),
+        start="teacher_minilm6_only",
     ),
+    "t6_s2_lr_3e-4": Variant(
+        "teachers: 6-layer alone + stage 2 lr 3e-4",
+        ["teachers=minilm6", "stages.stage2.module.optimizer.lr=3e-4"],
+        stages=(2, 3),
+        start="teacher_minilm6_only",
+    ),
+    "default_steps_x2": Variant(
+        "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 2 600 and stage 3 300 steps",
+        [
+            "teachers=minilm6",
+            "data.source.sources=[gcide]",
+            "stages.stage2.module.optimizer.lr=1e-3",
+            "stages.stage2.steps=600",
+            "stages.stage3.steps=300",
+        ],
+    ),
+    "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
+    "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
 }
 
 
@@ -178,39 +211,44 @@ def metric(scores: dict, name: str, kind: str) -> float | None:
     return None
 
 
+def rows(results: dict) -> list[tuple[str, str, dict]]:
+    """(label, what, head scores) per variant and evaluated stage, in run order."""
+    return [
+        (f"{name}/{stage}", result["what"], heads)
+        for name, result in results.items()
+        for stage, heads in result["scores"].items()
+    ]
+
+
 def write_report(results: dict) -> None:
-    """recipe_ablations.md (one table: each variant's FC1 and heads) and .png (FC1 scores by variant)."""
+    """recipe_ablations.table.md (FC1 and heads of each variant's stages) and .png (FC1 scores by variant)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    header = (
-        "| variant | what | stage | "
-        + " | ".join(f"fc1 {n}" for n, _ in METRICS)
-        + " | heads stsb-dev | wall s |"
-    )
+    header = "| variant/stage | what | " + " | ".join(f"fc1 {n}" for n, _ in METRICS) + " | heads stsb-dev |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for name, result in results.items():
-        scores = result["scores"]
-        fc1 = [metric(scores["fc1"], n, k) for n, k in METRICS]
-        heads = [h for h in scores if h != "fc1"]
-        head_sts = ", ".join(f"{h}: {metric(scores[h], 'stsb-dev', 'spearman'):.3f}" for h in heads)
-        stage = result["stages"][-1]
-        wall = sum(r["seconds"] for r in result["runs"])
-        lines.append(
-            f"| {name} | {result['what']} | {stage} | "
-            + " | ".join(f"{v:.4f}" for v in fc1)
-            + f" | {head_sts if stage == 3 else '-'} | {wall:.0f} |"
+    table = rows(results)
+    for label, what, heads in table:
+        fc1 = [metric(heads["fc1"], n, k) for n, k in METRICS]
+        trained_heads = label.endswith("stage3")
+        head_sts = ", ".join(
+            f"{h}: {metric(heads[h], 'stsb-dev', 'spearman'):.3f}" for h in heads if h != "fc1"
         )
-    (RESULTS.with_suffix(".table.md")).write_text("\n".join(lines) + "\n")
-    figure, axis = plt.subplots(figsize=(max(8, len(results) * 0.7), 4.5))
+        lines.append(
+            f"| {label} | {what} | "
+            + " | ".join(f"{v:.4f}" for v in fc1)
+            + f" | {head_sts if trained_heads else '-'} |"
+        )
+    RESULTS.with_suffix(".table.md").write_text("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(max(8, len(table) * 0.7), 4.8))
     width = 0.8 / len(METRICS)
     for i, (n, k) in enumerate(METRICS):
-        values = [metric(r["scores"]["fc1"], n, k) for r in results.values()]
-        axis.bar([j + i * width for j in range(len(results))], values, width, label=f"{n} {k}")
+        values = [metric(heads["fc1"], n, k) for _, _, heads in table]
+        axis.bar([j + i * width for j in range(len(table))], values, width, label=f"{n} {k}")
     axis.set_xticks(
-        [j + 0.4 - width / 2 for j in range(len(results))], list(results), rotation=60, ha="right"
+        [j + 0.4 - width / 2 for j in range(len(table))], [r[0] for r in table], rotation=60, ha="right"
     )
     axis.set_ylabel("FC1 score (eval=demo subsets)")
     axis.legend(loc="lower right")
@@ -247,8 +285,8 @@ def main() -> None:
             if variant.start:
                 train(variant.start, VARIANTS[variant.start])
             runs = train(name, variant)
-            student = RUNS / name / f"stage{variant.stages[-1]}" / "student.pt"
-            scores = evaluate({name: student})[name]
+            students = {f"stage{k}": RUNS / name / f"stage{k}" / "student.pt" for k in variant.stages}
+            scores = evaluate(students)
             results = load()  # another process may have written meanwhile
             results[name] = {
                 "what": variant.what,
@@ -259,7 +297,7 @@ def main() -> None:
                 "scores": scores,
             }
             RESULTS.write_text(json.dumps(results, indent=1))
-            print(name, json.dumps(scores.get("fc1")), flush=True)
+            print(name, json.dumps({k: v["fc1"] for k, v in scores.items()}), flush=True)
     write_report(results)
 
 

@@ -193,7 +193,7 @@ class EnglishProse:
     def __init__(
         self,
         cache_dir: str,
-        sources: Sequence[str] = SOURCES,
+        sources: Sequence[str] = ("gcide",),
         min_words: int = 5,
         max_words: int = 120,
         max_per_source: dict[str, int] | None = None,
