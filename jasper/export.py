@@ -36,7 +36,17 @@ from jasper.student import FC1, Student
 log = logging.getLogger(__name__)
 
 EXPORT_FILE = "jasper_export.json"
-STUDENT_KEYS = ("model_name_or_path", "fc1_dim", "mrl_dims", "mrl_mode", "num_layers", "max_length", "prompt")
+STUDENT_KEYS = (
+    "model_name_or_path",
+    "fc1_dim",
+    "mrl_dims",
+    "mrl_mode",
+    "num_layers",
+    "max_length",
+    "prompt",
+    "encoder_config",
+    "tokenizer",
+)
 
 
 # Reading checkpoints.
@@ -101,7 +111,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tens
 def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping | None) -> dict:
     """Rebuild kwargs of a Student from a training config's ``model`` section and the state dict's shapes."""
     model = dict((train_config or {}).get("model") or {})
-    if not model.get("model_name_or_path"):
+    if not model.get("model_name_or_path") and not model.get("encoder_config"):
         raise ValueError(
             "the checkpoint has no student config and no training config naming model.model_name_or_path: "
             "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
@@ -294,7 +304,12 @@ def model_card(
         "",
         "# Jasper/Stella-distilled student",
         "",
-        f"Encoder initialised from `{student.model_name_or_path}` ({student.encoder.config.num_hidden_layers} layers), "
+        (
+            f"Encoder initialised from `{student.model_name_or_path}`"
+            if student.model_name_or_path
+            else f"Encoder built from a `{student.encoder.config.model_type}` config (random initial weights)"
+        )
+        + f" ({student.encoder.config.num_hidden_layers} layers), "
         f"mean pooling, FC1 to {student.fc1_dim} dimensions, MRL mode `{student.mrl_mode}`"
         + (f", exported from `{source}`." if source else "."),
         "",

@@ -89,7 +89,10 @@ def test_paper_recipe():
     ]
     assert cfg.model.model_name_or_path == "NovaSearch/stella_en_1.5B_v5"
     assert list(cfg.model.mrl_dims) == [1024, 512, 256] and cfg.model.max_length == 512
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.stage == 2
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert (
+        cfg.trainer.strategy.config.zero_optimization.stage == 2 and cfg.trainer.strategy.config.bf16.enabled
+    )
     assert (cfg.loss.cosine, cfg.loss.similarity, cfg.loss.relative_similarity, cfg.loss.margin) == (
         10,
         200,
@@ -122,6 +125,25 @@ def test_deepspeed_strategy_instantiates():
     cfg = compose_train(["trainer=deepspeed_zero2"])
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, DeepSpeedStrategy) and strategy.config["zero_optimization"]["stage"] == 2
+    assert strategy.config["bf16"] == {
+        "enabled": True
+    }  # bf16 compute, fp32 master weights in the ZeRO optimiser
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "deepspeed_zero2"])
+def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
+    import torch
+
+    from jasper.train import build, check_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train([f"trainer={trainer}"])
+    with pytest.raises(RuntimeError, match="trainer=cpu") as error:
+        check_accelerator(cfg)
+    assert "\n" not in str(error.value)  # one line
+    with pytest.raises(RuntimeError, match="trainer=cpu"):
+        build(cfg)  # checked before anything is loaded
+    check_accelerator(compose_train(["trainer=cpu"]))
 
 
 def test_wandb_logger_is_offline_without_a_key(tmp_path, monkeypatch):
