@@ -171,7 +171,9 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     workdir = Path(workdir)
     student.encoder.save_pretrained(workdir)
     student.tokenizer.save_pretrained(workdir)
-    transformer = Transformer(str(workdir), max_seq_length=student.max_length)
+    kind = tokenizer_type(student)
+    load = {"processor_kwargs": {"tokenizer_type": kind}} if kind else {}
+    transformer = Transformer(str(workdir), max_seq_length=student.max_length, **load)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=True)
     if student.mrl_mode == "separate" and student.mrl_dims:
         routes = {FC1: [_dense(student.fc1)]}
@@ -198,6 +200,24 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     )
 
 
+def tokenizer_type(student: Student) -> str | None:
+    """The tokenizer's model type (``bert``) when loading the exported folder needs it named: a student built from
+    one architecture's config with another's tokenizer (``model=qwen2_1_5b_random``: Qwen2 + MiniLM's tokenizer).
+    transformers 5 loads the tokenizer class registered for some model types (qwen2 among them) whatever
+    tokenizer_config.json says; ``tokenizer_type`` overrides that. ``None`` when the folder loads as it is."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    def plain(name) -> str:
+        name = next((n for n in name if n), "") if isinstance(name, tuple) else name or ""
+        return name.removesuffix("Fast")
+
+    own = plain(type(student.tokenizer).__name__)
+    registered = TOKENIZER_MAPPING_NAMES.get(student.encoder.config.model_type)
+    if registered is None or plain(registered) == own:
+        return None
+    return next((kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own), None)
+
+
 def export_info(student: Student) -> dict:
     """What ``jasper_export.json`` holds: how each head is reached, and the student's rebuild kwargs."""
     if student.mrl_mode == "prefix":
@@ -205,7 +225,11 @@ def export_info(student: Student) -> dict:
         heads.update({str(d): {"dim": d, "truncate_dim": d} for d in student.mrl_dims})
     else:
         heads = {name: {"dim": student.head_dim(name), "task": name} for name in student.head_names}
-    return {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
+    info = {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
+    kind = tokenizer_type(student)
+    if kind:  # SentenceTransformer(path, processor_kwargs={"tokenizer_type": kind})
+        info["load_kwargs"] = {"processor_kwargs": {"tokenizer_type": kind}}
+    return info
 
 
 def export_student(
@@ -332,6 +356,15 @@ def model_card(
         "vectors = model.encode(texts, normalize_embeddings=True)   # FC1",
         "```",
         "",
+        *(
+            [
+                f"Load it with `SentenceTransformer(path, **{info['load_kwargs']!r})`: its tokenizer is not the one "
+                f"transformers registers for `{student.encoder.config.model_type}` models.",
+                "",
+            ]
+            if "load_kwargs" in info
+            else []
+        ),
         f"Prompt prepended to every text (saved as the default prompt): {student.prompt!r}. "
         f"max_seq_length: {student.max_length}.",
         "",
