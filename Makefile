@@ -67,15 +67,17 @@ gpu-wheels: install
 	du -sh $(WHL)
 
 # gpu-check, on the GPU machine (no network): installs .whl/ beside its own packages and runs the check (at most
-# 8 minutes on one H100). GPU_OUT: where the JSON and the markdown table go. GPU_PYTHON: that machine's python.
+# 8 minutes on one H100). GPU_OUT: where the JSON and the markdown table go (small); GPU_WORK: texts, teacher cache
+# and checkpoints (gigabytes). GPU_PYTHON: that machine's python.
 GPU_PYTHON ?= python3
 GPU_OUT ?= outputs/gpu_check
+GPU_WORK ?= /tmp/jasper-gpu-check
 GPU_SITE ?= /tmp/jasper-site
 gpu-check:
 	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 		--target $(GPU_SITE) $(WHL)/*.whl
 	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_OUT) \
-		--tokenizer $(WHL)/tokenizer
+		--tokenizer $(WHL)/tokenizer --work $(GPU_WORK)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

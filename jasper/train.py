@@ -73,11 +73,29 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def oom_message(cfg: DictConfig) -> str:
+    """What to change when a stage's batch does not fit in GPU memory (one line)."""
+    batch = cfg.stage_settings.batch_size
+    checkpointing = bool(cfg.model.get("gradient_checkpointing", False))
+    fix = (
+        "lower it"
+        if checkpointing
+        else "lower it, or set model.gradient_checkpointing=true (far less memory)"
+    )
+    return (
+        f"stages.stage{cfg.stage}.batch_size={batch} does not fit in GPU memory: {fix}; the largest batches that "
+        "fit one GPU, measured by benchmarks/gpu_check.py, are in docs/gpu.md"
+    )
+
+
 def run(cfg: DictConfig) -> float | None:
     module, datamodule, trainer = build(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(oom_message(cfg)) from error
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # or the process can abort at exit (gloo)

@@ -154,3 +154,26 @@ def test_wandb_logger_is_offline_without_a_key(tmp_path, monkeypatch):
     logger = instantiate(cfg.logger)
     assert logger.experiment is not None  # starts an offline run, no network
     logger.experiment.finish()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_batch_that_does_not_fit_says_what_to_change(checkpointing, monkeypatch):
+    import torch
+
+    import jasper.train
+
+    cfg = compose_train(
+        ["stage=2", "stages.stage2.batch_size=512", f"model.gradient_checkpointing={checkpointing}"]
+    )
+
+    class Trainer:
+        logger = None
+
+        def fit(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(jasper.train, "build", lambda cfg: (None, None, Trainer()))
+    with pytest.raises(torch.OutOfMemoryError, match="stages.stage2.batch_size=512 does not fit") as error:
+        jasper.train.run(cfg)
+    assert ("model.gradient_checkpointing=true" in str(error.value)) != checkpointing
+    assert "docs/gpu.md" in str(error.value)
