@@ -46,7 +46,7 @@ RECORDS = "records.jsonl"
 # What differs between the GPU check and its CPU smoke; everything else is the same code.
 GPU = {
     "max_length": 512,
-    "texts": 2048,
+    "texts": 4096 + 16,  # stage 2 (25 frozen layers keep no activations) may fit batches in the thousands
     "words": 640,  # > 512 tokens: every text is cut to max length
     "trainer": ["trainer=deepspeed_zero2", "trainer.devices=1"],
     "model": [],
@@ -145,7 +145,15 @@ def render(out: Path) -> None:
         "largest": ["stage", "checkpointing", "largest_batch", "first_failing", "stopped_by", "message"],
         "checkpoint": ["check", "value", "ok"],
         "resim": ["batch", "forward_backward_s", "peak_mem_gib", "max_rel_error_vs_reference", "note"],
-        "loader": ["what", "batch", "per_s", "texts_per_s", "gpu_texts_per_s", "bottleneck"],
+        "loader": [
+            "what",
+            "batch",
+            "per_s",
+            "gpu_steps_per_s",
+            "texts_per_s",
+            "gpu_texts_per_s",
+            "bottleneck",
+        ],
         "error": ["where", "error"],
         "total": ["seconds", "errors", "failed_checks"],
     }
@@ -708,6 +716,7 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
         value=worst_fp32,
         ok=worst_fp32 < 1e-4,
     )
+    trained.student.to(device)  # Lightning moves the module to the CPU when fit ends
     trained_vectors = {h: trained.student.encode(sample, head=h) for h in heads}
     if (
         cuda
@@ -829,6 +838,7 @@ def phase_loader(out: Path, work: Path, settings: dict, tokenizer: str, budget: 
         per_s=rate / batch,
         texts_per_s=rate,
         gpu_texts_per_s=gpu_rate,
+        gpu_steps_per_s=gpu_rate / batch if gpu_rate else None,
         bottleneck=bool(gpu_rate and rate < gpu_rate),
     )
     cfg = compose(settings, tokenizer, work, "loader", ["stage=3", f"stages.stage3.batch_size={batch}"])
@@ -864,6 +874,7 @@ def phase_loader(out: Path, work: Path, settings: dict, tokenizer: str, budget: 
         per_s=per_s,
         texts_per_s=per_s * batch,
         gpu_texts_per_s=gpu_rate,
+        gpu_steps_per_s=gpu_rate / batch if gpu_rate else None,
         bottleneck=bool(gpu_rate and per_s * batch < gpu_rate),
     )
 

@@ -149,7 +149,8 @@ class Student(nn.Module):
     Large students: ``encoder_config`` (with ``model_name_or_path=None``) builds the encoder from a config alone,
     random weights, and ``tokenizer`` names the tokenizer folder (``conf/model/qwen2_1_5b_random.yaml``);
     ``gradient_checkpointing`` recomputes each layer's activations in the backward pass (less memory, about a
-    third more compute); ``attn_implementation``: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+    third more compute); ``attn_implementation``: ``sdpa`` (the configs' default), ``eager``, ``flash_attention_2``,
+    or ``None`` for transformers' own choice (sdpa where the architecture has it).
     """
 
     def __init__(
@@ -165,7 +166,7 @@ class Student(nn.Module):
         encoder_config: Mapping | None = None,
         tokenizer: str | None = None,
         gradient_checkpointing: bool = False,
-        attn_implementation: str | None = "sdpa",
+        attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
         mrl_dims = [int(d) for d in mrl_dims]

@@ -151,7 +151,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(model, request):
 def test_attn_implementation(tiny_qwen2, monkeypatch):
     student = Student(tiny_qwen2, fc1_dim=8, attn_implementation="eager")
     assert student.encoder.config._attn_implementation == "eager"
-    assert Student(tiny_qwen2, fc1_dim=8).encoder.config._attn_implementation == "sdpa"  # the default
+    assert (
+        Student(tiny_qwen2, fc1_dim=8, attn_implementation="sdpa").encoder.config._attn_implementation
+        == "sdpa"
+    )
     with pytest.raises(ValueError, match="attn_implementation"):
         Student(tiny_qwen2, fc1_dim=8, attn_implementation="fast")
     import transformers.utils
