@@ -215,7 +215,11 @@ def tokenizer_type(student: Student) -> str | None:
     registered = TOKENIZER_MAPPING_NAMES.get(student.encoder.config.model_type)
     if registered is None or plain(registered) == own:
         return None
-    return next((kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own), None)
+    kinds = [kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own]
+    named = own.removesuffix(
+        "Tokenizer"
+    ).lower()  # BertTokenizer -> bert, rather than the first match (align)
+    return named if named in kinds else next(iter(kinds), None)
 
 
 def export_info(student: Student) -> dict:
