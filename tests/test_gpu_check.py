@@ -80,3 +80,30 @@ def test_without_cuda_it_points_at_the_cpu_smoke(gpu_check, tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([str(tmp_path)]) == 2
     assert "--cpu-smoke" in capsys.readouterr().err
+
+
+def test_the_gpu_settings_compose(gpu_check, tmp_path, minilm_path):
+    """What the GPU run composes (it cannot run here): bf16 ZeRO-2 on one device, the 1.5B shape at 512 tokens, and
+    the checkpoint phase's 2-layer cut of it."""
+    import torch
+    from hydra.utils import instantiate
+
+    settings = gpu_check.GPU
+    steps = gpu_check.compose(
+        settings, minilm_path, tmp_path, "steps3", ["stage=3", "model.gradient_checkpointing=true"]
+    )
+    assert steps.trainer.devices == 1 and steps.trainer.precision == "bf16-mixed"
+    assert (
+        steps.trainer.strategy.config.zero_optimization.stage == 2
+        and steps.trainer.strategy.config.bf16.enabled
+    )
+    assert steps.model.max_length == 512 and steps.model.encoder_config.num_hidden_layers == 28
+    assert steps.model.gradient_checkpointing and steps.data.max_texts is None
+    assert steps.paths.cache_dir == str(tmp_path / "cache")
+    overrides = ["stage=3", *settings["checkpoint_model"], "+callbacks.checkpoint.save_top_k=0"]
+    checkpoint = gpu_check.compose(settings, minilm_path, tmp_path, "checkpoint", overrides)
+    assert checkpoint.callbacks.checkpoint.save_top_k == 0
+    with torch.device("meta"):  # the shape only
+        student = instantiate(checkpoint.model, fc1_dim=12288)
+    assert len(student.layers) == 2 and student.encoder.config.vocab_size == 30522
+    assert 1.5e8 < sum(p.numel() for p in student.parameters()) < 1.8e8
