@@ -1,7 +1,7 @@
 """The GPU path, measured: one prepared check of Jasper's size on one GPU (docs/gpu.md).
 
     python benchmarks/gpu_check.py OUT_DIR                 # on a CUDA GPU: bf16, DeepSpeed ZeRO-2, <= 8 minutes
-    python benchmarks/gpu_check.py OUT_DIR --cpu-smoke     # the same phases on a tiny Qwen2, fp32, CPU, < 1 minute
+    python benchmarks/gpu_check.py OUT_DIR --cpu-smoke     # the same phases on a tiny Qwen2, fp32, CPU, ~1 minute
 
 Phases, each with its own time budget; every result is appended to OUT_DIR/records.jsonl as it is measured and
 OUT_DIR/gpu_check.json + gpu_check.md are rewritten after each, so a run stopped anywhere still leaves a table:
@@ -10,8 +10,9 @@ OUT_DIR/gpu_check.json + gpu_check.md are rewritten after each, so a run stopped
 2. ``data``: synthetic texts (longer than max length) and 4096 + 8192 = 12288-d synthetic teacher vectors written
    in the TeacherCache format by ``TeacherCache.build`` (two teachers, like NV-Embed-v2 + stella).
 3. ``steps``: stage-2 and stage-3 steps of ``model=qwen2_1_5b_random`` at max length 512, ``trainer=deepspeed_zero2``
-   on 1 GPU, with and without gradient checkpointing: batch doubled until it does not fit (or the phase's time is
-   up); per batch the step time, tokens/s, peak GPU memory and MFU. Each of the four runs in its own process.
+   on 1 GPU, with and without gradient checkpointing: the batch grows 4x until one does not fit, then the midpoint
+   (or until the phase's time is up); per batch the step time, tokens/s, peak GPU memory and MFU. Each of the four
+   searches runs in its own process.
 4. ``checkpoint``: a short stage-3 run (the 1.5B shape cut to 2 layers, to keep the files small) writes a
    DeepSpeed checkpoint, a second run resumes from it (global step, weights and the loss on a fixed batch continue),
    ``export.py`` exports it, sentence-transformers reloads the folder and its vectors are compared with the trained
@@ -447,14 +448,13 @@ def phase_steps(
     import torch
 
     texts = json.loads((work / "texts.json").read_text())
+    cap = min(settings["max_batch"], len(texts) - 16)
     batch, largest, failing, stopped = settings["first_batch"][checkpointing], None, None, "max_batch"
     steps = 1 + settings["timed_steps"]  # the first step warms up (allocations, kernels) and is not timed
-    last_trial = 0.0
-    while batch <= min(settings["max_batch"], len(texts) - 16):
-        left = deadline - time.time()
-        if (
-            last_trial and left < 2 * last_trial
-        ):  # the next, twice as large, would not end in time (the first runs)
+    last_trial, growth = 0.0, GROWTH
+    while batch is not None:
+        # The first trial always runs; a later one only if it can end in time (its steps grow with the batch).
+        if last_trial and deadline - time.time() < last_trial * (1 + growth) / 2:
             stopped = "time budget"
             break
         trial = time.perf_counter()
@@ -503,11 +503,11 @@ def phase_steps(
         del student, module, datamodule, trainer, timer
         free_memory(cuda)
         last_trial = time.perf_counter() - trial
-        if not fits:
+        if fits:
+            largest = batch
+        else:
             failing, stopped = batch, "out of memory"
-            break
-        largest = batch
-        batch *= 2
+        batch, growth = next_batch(largest, failing, cap)
     message = oom_advice(stage, checkpointing, largest, failing)
     record(
         out,
@@ -519,6 +519,24 @@ def phase_steps(
         stopped_by=stopped,
         message=message,
     )
+
+
+GROWTH = 4  # the batch grows 4x until one does not fit, then the midpoint (2x the largest that fit) is tried
+
+
+def next_batch(largest: int | None, failing: int | None, cap: int) -> tuple[int | None, int]:
+    """The next batch of the search and how much larger it is than the last that fit; ``None`` when done.
+
+    Fourfold while everything fits (few trials to reach the limit), then once the midpoint between the largest
+    that fit and the smallest that did not, so the answer is within a factor of 2.
+    """
+    if failing is None:
+        if largest is None or largest >= cap:
+            return None, 1
+        return min(largest * GROWTH, cap), GROWTH
+    if largest is not None and largest * 2 < failing:
+        return largest * 2, 2
+    return None, 1
 
 
 def oom_advice(stage: int, checkpointing: bool, largest: int | None, failing: int | None) -> str:

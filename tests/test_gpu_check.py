@@ -107,3 +107,24 @@ def test_the_gpu_settings_compose(gpu_check, tmp_path, minilm_path):
         student = instantiate(checkpoint.model, fc1_dim=12288)
     assert len(student.layers) == 2 and student.encoder.config.vocab_size == 30522
     assert 1.5e8 < sum(p.numel() for p in student.parameters()) < 1.8e8
+
+
+@pytest.mark.parametrize(
+    ("limit", "tried", "largest"),
+    [
+        (300, [8, 32, 128, 512, 256], 256),  # 4x until it does not fit, then the midpoint
+        (200, [8, 32, 128, 512, 256], 128),
+        (10_000, [8, 32, 128, 512, 2048, 4096], 4096),  # the cap: as many texts as there are
+        (4, [8], None),
+    ],
+)
+def test_batch_search(gpu_check, limit, tried, largest):
+    batch, found, failing, seen = 8, None, None, []
+    while batch is not None:
+        seen.append(batch)
+        if batch <= limit:
+            found = batch
+        else:
+            failing = batch if failing is None else min(failing, batch)
+        batch, _ = gpu_check.next_batch(found, failing, cap=4096)
+    assert seen == tried and found == largest
