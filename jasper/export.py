@@ -36,7 +36,17 @@ from jasper.student import FC1, Student
 log = logging.getLogger(__name__)
 
 EXPORT_FILE = "jasper_export.json"
-STUDENT_KEYS = ("model_name_or_path", "fc1_dim", "mrl_dims", "mrl_mode", "num_layers", "max_length", "prompt")
+STUDENT_KEYS = (
+    "model_name_or_path",
+    "fc1_dim",
+    "mrl_dims",
+    "mrl_mode",
+    "num_layers",
+    "max_length",
+    "prompt",
+    "encoder_config",
+    "tokenizer",
+)
 
 
 # Reading checkpoints.
@@ -101,7 +111,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tens
 def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping | None) -> dict:
     """Rebuild kwargs of a Student from a training config's ``model`` section and the state dict's shapes."""
     model = dict((train_config or {}).get("model") or {})
-    if not model.get("model_name_or_path"):
+    if not model.get("model_name_or_path") and not model.get("encoder_config"):
         raise ValueError(
             "the checkpoint has no student config and no training config naming model.model_name_or_path: "
             "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
@@ -161,7 +171,9 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     workdir = Path(workdir)
     student.encoder.save_pretrained(workdir)
     student.tokenizer.save_pretrained(workdir)
-    transformer = Transformer(str(workdir), max_seq_length=student.max_length)
+    kind = tokenizer_type(student)
+    load = {"processor_kwargs": {"tokenizer_type": kind}} if kind else {}
+    transformer = Transformer(str(workdir), max_seq_length=student.max_length, **load)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=True)
     if student.mrl_mode == "separate" and student.mrl_dims:
         routes = {FC1: [_dense(student.fc1)]}
@@ -188,6 +200,28 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     )
 
 
+def tokenizer_type(student: Student) -> str | None:
+    """The tokenizer's model type (``bert``) when loading the exported folder needs it named: a student built from
+    one architecture's config with another's tokenizer (``model=qwen2_1_5b_random``: Qwen2 + MiniLM's tokenizer).
+    transformers 5 loads the tokenizer class registered for some model types (qwen2 among them) whatever
+    tokenizer_config.json says; ``tokenizer_type`` overrides that. ``None`` when the folder loads as it is."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    def plain(name) -> str:
+        name = next((n for n in name if n), "") if isinstance(name, tuple) else name or ""
+        return name.removesuffix("Fast")
+
+    own = plain(type(student.tokenizer).__name__)
+    registered = TOKENIZER_MAPPING_NAMES.get(student.encoder.config.model_type)
+    if registered is None or plain(registered) == own:
+        return None
+    kinds = [kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own]
+    named = own.removesuffix(
+        "Tokenizer"
+    ).lower()  # BertTokenizer -> bert, rather than the first match (align)
+    return named if named in kinds else next(iter(kinds), None)
+
+
 def export_info(student: Student) -> dict:
     """What ``jasper_export.json`` holds: how each head is reached, and the student's rebuild kwargs."""
     if student.mrl_mode == "prefix":
@@ -195,7 +229,11 @@ def export_info(student: Student) -> dict:
         heads.update({str(d): {"dim": d, "truncate_dim": d} for d in student.mrl_dims})
     else:
         heads = {name: {"dim": student.head_dim(name), "task": name} for name in student.head_names}
-    return {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
+    info = {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
+    kind = tokenizer_type(student)
+    if kind:  # SentenceTransformer(path, processor_kwargs={"tokenizer_type": kind})
+        info["load_kwargs"] = {"processor_kwargs": {"tokenizer_type": kind}}
+    return info
 
 
 def export_student(
@@ -294,7 +332,12 @@ def model_card(
         "",
         "# Jasper/Stella-distilled student",
         "",
-        f"Encoder initialised from `{student.model_name_or_path}` ({student.encoder.config.num_hidden_layers} layers), "
+        (
+            f"Encoder initialised from `{student.model_name_or_path}`"
+            if student.model_name_or_path
+            else f"Encoder built from a `{student.encoder.config.model_type}` config (random initial weights)"
+        )
+        + f" ({student.encoder.config.num_hidden_layers} layers), "
         f"mean pooling, FC1 to {student.fc1_dim} dimensions, MRL mode `{student.mrl_mode}`"
         + (f", exported from `{source}`." if source else "."),
         "",
@@ -317,6 +360,15 @@ def model_card(
         "vectors = model.encode(texts, normalize_embeddings=True)   # FC1",
         "```",
         "",
+        *(
+            [
+                f"Load it with `SentenceTransformer(path, **{info['load_kwargs']!r})`: its tokenizer is not the one "
+                f"transformers registers for `{student.encoder.config.model_type}` models.",
+                "",
+            ]
+            if "load_kwargs" in info
+            else []
+        ),
         f"Prompt prepended to every text (saved as the default prompt): {student.prompt!r}. "
         f"max_seq_length: {student.max_length}.",
         "",

@@ -7,7 +7,7 @@ Jasper's student is stella_en_1.5B_v5 (Qwen2) with FC1 -> 12288 and extra heads 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -41,31 +41,93 @@ def check_model_path(model_name_or_path: str) -> None:
         )
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(attn_implementation: str | None) -> None:
+    """``model.attn_implementation``: sdpa (default), eager, or flash_attention_2 where the flash-attn package is
+    installed (it needs a CUDA GPU and bf16/fp16 weights)."""
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"model.attn_implementation={attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS} (or null for "
+            "transformers' default)"
+        )
+    if attn_implementation == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ImportError(
+                "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA GPU, and "
+                "flash-attn is not installed here: pip install flash-attn, or use model.attn_implementation=sdpa"
+            )
+
+
+def _keep_layers(config, num_layers: int | None, source: str):
+    """``config`` cut to its first ``num_layers`` layers (``None``: all of them)."""
+    if num_layers is None:
+        return config
+    total = config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ValueError(
+            f"model.num_layers={num_layers} but {source} has {total} layers: choose 1..{total}, "
+            "or null to keep them all"
+        )
+    config.num_hidden_layers = num_layers
+    # Decoder configs (Qwen2, ...) carry one entry per layer; it must shrink with the layer count.
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:num_layers]
+    return config
+
+
 def load_encoder(
-    model_name_or_path: str, num_layers: int | None = None, revision: str | None = None
+    model_name_or_path: str | None,
+    num_layers: int | None = None,
+    revision: str | None = None,
+    encoder_config: Mapping | None = None,
+    attn_implementation: str | None = None,
 ) -> nn.Module:
-    """``AutoModel`` keeping only the first ``num_layers`` layers (a small student initialised from a bigger model)."""
+    """``AutoModel`` keeping only the first ``num_layers`` layers (a small student initialised from a bigger model).
+
+    ``encoder_config`` (a transformers config as a mapping with its ``model_type``) instead of a model path builds
+    the encoder from the config alone, with random weights: nothing is read or downloaded. The encoder runs as an
+    encoder: decoders (Qwen2, ...) keep no key/value cache.
+    """
+    check_attn_implementation(attn_implementation)
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if encoder_config is not None:
+        if model_name_or_path is not None:
+            raise ValueError(
+                "give model.model_name_or_path (pretrained weights) or model.encoder_config (random weights from a "
+                "config), not both: set the other to null"
+            )
+        fields = dict(encoder_config)
+        if "model_type" not in fields:
+            raise ValueError("model.encoder_config needs a model_type (e.g. qwen2, bert)")
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        config = _keep_layers(config, num_layers, "model.encoder_config")
+        config.use_cache = False
+        return AutoModel.from_config(config, **attention)
+    if model_name_or_path is None:
+        raise ValueError(
+            "model.model_name_or_path is null and no model.encoder_config is given: set one of them"
+        )
     check_model_path(model_name_or_path)
     config = AutoConfig.from_pretrained(model_name_or_path, revision=revision)
+    config.use_cache = False
     if num_layers is not None:
-        total = config.num_hidden_layers
-        if not 1 <= num_layers <= total:
-            raise ValueError(
-                f"model.num_layers={num_layers} but {model_name_or_path} has {total} layers: choose 1..{total}, "
-                "or null to keep them all"
-            )
-        config.num_hidden_layers = num_layers
-        # Decoder configs (Qwen2, ...) carry one entry per layer; it must shrink with the layer count.
-        if getattr(config, "layer_types", None) is not None:
-            config.layer_types = list(config.layer_types)[:num_layers]
+        config = _keep_layers(config, num_layers, model_name_or_path)
         # Layers beyond num_layers are simply not loaded: silence transformers' report of them as unused weights.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision)
+            return AutoModel.from_pretrained(
+                model_name_or_path, config=config, revision=revision, **attention
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
-    return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision)
+    return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
@@ -83,11 +145,17 @@ class Student(nn.Module):
     ``mrl_mode="separate"`` (Jasper): each dimension has its own linear head on the pooled state.
     ``mrl_mode="prefix"`` (Matryoshka): each dimension is the first ``d`` entries of FC1's output.
     ``forward`` returns L2-normalised vectors by head name: ``"fc1"`` and ``str(d)`` for each MRL dimension.
+
+    Large students: ``encoder_config`` (with ``model_name_or_path=None``) builds the encoder from a config alone,
+    random weights, and ``tokenizer`` names the tokenizer folder (``conf/model/qwen2_1_5b_random.yaml``);
+    ``gradient_checkpointing`` recomputes each layer's activations in the backward pass (less memory, about a
+    third more compute); ``attn_implementation``: ``sdpa`` (the configs' default), ``eager``, ``flash_attention_2``,
+    or ``None`` for transformers' own choice (sdpa where the architecture has it).
     """
 
     def __init__(
         self,
-        model_name_or_path: str,
+        model_name_or_path: str | None,
         fc1_dim: int,
         mrl_dims: Sequence[int] = (),
         mrl_mode: str = "separate",
@@ -95,18 +163,35 @@ class Student(nn.Module):
         max_length: int = 512,
         prompt: str = "",
         revision: str | None = None,
+        encoder_config: Mapping | None = None,
+        tokenizer: str | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
         mrl_dims = [int(d) for d in mrl_dims]
         _check_heads(fc1_dim, mrl_dims, mrl_mode)
         self.model_name_or_path = model_name_or_path
+        self.encoder_config = _plain(encoder_config)
+        self.tokenizer_path = tokenizer
         self.fc1_dim = fc1_dim
         self.mrl_dims = mrl_dims
         self.mrl_mode = mrl_mode
         self.max_length = max_length
         self.prompt = prompt
-        self.encoder = load_encoder(model_name_or_path, num_layers, revision)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision)
+        self.encoder = load_encoder(
+            model_name_or_path, num_layers, revision, self.encoder_config, attn_implementation
+        )
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.encoder)
+        if tokenizer is None and model_name_or_path is None:
+            raise ValueError(
+                "a student built from model.encoder_config needs model.tokenizer (a tokenizer folder or hub id)"
+            )
+        tokenizer_revision = revision if tokenizer is None else None
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer or model_name_or_path, revision=tokenizer_revision
+        )
         if self.tokenizer.pad_token is None:  # decoder tokenisers often have none; padding is masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token
         hidden = self.encoder.config.hidden_size
@@ -231,7 +316,42 @@ class Student(nn.Module):
             "num_layers": self.encoder.config.num_hidden_layers,
             "max_length": self.max_length,
             "prompt": self.prompt,
+            **({"encoder_config": self.encoder_config} if self.encoder_config is not None else {}),
+            **({"tokenizer": self.tokenizer_path} if self.tokenizer_path is not None else {}),
         }
+
+
+def enable_gradient_checkpointing(encoder: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass. Non-reentrant, so layers whose input needs no
+    gradient (the first trained layer of stage 2, above frozen ones) still give their parameters gradients."""
+    if not getattr(encoder, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"{type(encoder).__name__} does not support gradient checkpointing: set model.gradient_checkpointing=false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(
+        encoder, "activation_checkpointing_enable"
+    ):  # transformers >= 5.2x; the old name is deprecated
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_checkpointing(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` recomputes activations in the backward pass (either transformers name of the flag)."""
+    flag = getattr(type(encoder), "is_activation_checkpointing", None)
+    return bool(
+        encoder.is_activation_checkpointing if flag is not None else encoder.is_gradient_checkpointing
+    )
+
+
+def _plain(value):
+    """A config value (OmegaConf nodes from Hydra included) as plain dicts and lists, so it saves with the weights."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_heads(fc1_dim: int, mrl_dims: list[int], mrl_mode: str) -> None:

@@ -20,6 +20,22 @@ def check_stage(cfg: DictConfig) -> None:
         raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer=gpu``/``ddp``-on-GPU/``deepspeed_zero2`` on a machine without CUDA: one line naming ``trainer=cpu``
+    (rather than Lightning's or DeepSpeed's own error, deep in the setup)."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    deepspeed = "deepspeed" in target.lower()
+    if (accelerator in ("gpu", "cuda") or deepspeed) and not torch.cuda.is_available():
+        what = "DeepSpeed (trainer=deepspeed_zero2)" if deepspeed else f"trainer.accelerator={accelerator}"
+        raise RuntimeError(
+            f"{what} needs a CUDA GPU and none is visible here: use trainer=cpu (or trainer=ddp for several "
+            "CPU processes)"
+        )
+
+
 def stage_data(cfg: DictConfig) -> DictConfig:
     """``cfg.data``, unless the stage names data of another kind (stage 4: image-caption pairs) and ``data=`` is a
     text corpus: then the stage's own default (``stages.stage4.data``)."""
@@ -38,6 +54,7 @@ def stage_data(cfg: DictConfig) -> DictConfig:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
+    check_accelerator(cfg)
     check_stage(cfg)
     L.seed_everything(cfg.seed, workers=True)
     teachers = instantiate(cfg.teachers)
@@ -56,11 +73,29 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def oom_message(cfg: DictConfig) -> str:
+    """What to change when a stage's batch does not fit in GPU memory (one line)."""
+    batch = cfg.stage_settings.batch_size
+    checkpointing = bool(cfg.model.get("gradient_checkpointing", False))
+    fix = (
+        "lower it"
+        if checkpointing
+        else "lower it, or set model.gradient_checkpointing=true (far less memory)"
+    )
+    return (
+        f"stages.stage{cfg.stage}.batch_size={batch} does not fit in GPU memory: {fix}; the largest batches that "
+        "fit one GPU, measured by benchmarks/gpu_check.py, are in docs/gpu.md"
+    )
+
+
 def run(cfg: DictConfig) -> float | None:
     module, datamodule, trainer = build(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(oom_message(cfg)) from error
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # or the process can abort at exit (gloo)

@@ -89,7 +89,10 @@ def test_paper_recipe():
     ]
     assert cfg.model.model_name_or_path == "NovaSearch/stella_en_1.5B_v5"
     assert list(cfg.model.mrl_dims) == [1024, 512, 256] and cfg.model.max_length == 512
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.stage == 2
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert (
+        cfg.trainer.strategy.config.zero_optimization.stage == 2 and cfg.trainer.strategy.config.bf16.enabled
+    )
     assert (cfg.loss.cosine, cfg.loss.similarity, cfg.loss.relative_similarity, cfg.loss.margin) == (
         10,
         200,
@@ -122,6 +125,25 @@ def test_deepspeed_strategy_instantiates():
     cfg = compose_train(["trainer=deepspeed_zero2"])
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, DeepSpeedStrategy) and strategy.config["zero_optimization"]["stage"] == 2
+    assert strategy.config["bf16"] == {
+        "enabled": True
+    }  # bf16 compute, fp32 master weights in the ZeRO optimiser
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "deepspeed_zero2"])
+def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
+    import torch
+
+    from jasper.train import build, check_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train([f"trainer={trainer}"])
+    with pytest.raises(RuntimeError, match="trainer=cpu") as error:
+        check_accelerator(cfg)
+    assert "\n" not in str(error.value)  # one line
+    with pytest.raises(RuntimeError, match="trainer=cpu"):
+        build(cfg)  # checked before anything is loaded
+    check_accelerator(compose_train(["trainer=cpu"]))
 
 
 def test_wandb_logger_is_offline_without_a_key(tmp_path, monkeypatch):
@@ -132,3 +154,26 @@ def test_wandb_logger_is_offline_without_a_key(tmp_path, monkeypatch):
     logger = instantiate(cfg.logger)
     assert logger.experiment is not None  # starts an offline run, no network
     logger.experiment.finish()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_batch_that_does_not_fit_says_what_to_change(checkpointing, monkeypatch):
+    import torch
+
+    import jasper.train
+
+    cfg = compose_train(
+        ["stage=2", "stages.stage2.batch_size=512", f"model.gradient_checkpointing={checkpointing}"]
+    )
+
+    class Trainer:
+        logger = None
+
+        def fit(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(jasper.train, "build", lambda cfg: (None, None, Trainer()))
+    with pytest.raises(torch.OutOfMemoryError, match="stages.stage2.batch_size=512 does not fit") as error:
+        jasper.train.run(cfg)
+    assert ("model.gradient_checkpointing=true" in str(error.value)) != checkpointing
+    assert "docs/gpu.md" in str(error.value)

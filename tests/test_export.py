@@ -36,8 +36,8 @@ def _st(path, **kwargs):
     return SentenceTransformer(str(path), device="cpu", **kwargs)
 
 
-def _check_heads(student: Student, folder) -> None:
-    model = _st(folder)
+def _check_heads(student: Student, folder, **load) -> None:
+    model = _st(folder, **load)
     for head in student.head_names:
         expected = student.encode(TEXTS, head=head)
         if student.mrl_mode == "prefix" and head != FC1:
@@ -182,3 +182,28 @@ def test_export_from_deepspeed_zero2_directory(tiny_bert, tmp_path):
     out = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
     _check_heads(student, out)
     assert "deepspeed_stage_2" in (out / "README.md").read_text()
+
+
+def test_student_from_a_config_with_another_models_tokenizer(minilm_path, tmp_path):
+    """model=qwen2_1_5b_random's kind: a Qwen2 built from its config, MiniLM's tokenizer. transformers 5 would load a
+    qwen2 folder's tokenizer as Qwen2Tokenizer whatever tokenizer_config.json says: jasper_export.json and the
+    model card name the load_kwargs that keep it a BERT tokenizer, and the vectors round-trip."""
+    torch.manual_seed(0)
+    config = {"model_type": "qwen2", "vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64}
+    config |= {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    student = Student(None, fc1_dim=48, mrl_dims=[16], encoder_config=config, tokenizer=minilm_path).eval()
+    out = export_student(student, tmp_path / "export")
+    load = json.loads((out / EXPORT_FILE).read_text())["load_kwargs"]
+    assert load == {"processor_kwargs": {"tokenizer_type": "bert"}}
+    assert "tokenizer_type" in (out / "README.md").read_text()
+    _check_heads(student, out, **load)
+    save_student(student, tmp_path / "student.pt")
+    again, _ = load_student(
+        tmp_path / "student.pt"
+    )  # rebuilt from encoder_config + tokenizer, then the weights
+    assert torch.equal(again.encode(TEXTS), student.encode(TEXTS))
+
+
+def test_an_ordinary_student_needs_no_load_kwargs(tiny_qwen2, tmp_path):
+    out = export_student(_student(tiny_qwen2, "separate"), tmp_path / "export")
+    assert "load_kwargs" not in json.loads((out / EXPORT_FILE).read_text())

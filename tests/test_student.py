@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from jasper.student import FC1, Student, mean_pool
+from jasper.student import FC1, Student, is_checkpointing, mean_pool
 
 
 def test_mean_pool_ignores_padding():
@@ -72,3 +72,93 @@ def test_unknown_head(tiny_bert):
     student = Student(tiny_bert, fc1_dim=16, mrl_dims=[8])
     with pytest.raises(KeyError, match="unknown head"):
         student.encode(["x"], head="4")
+
+
+TINY_QWEN2 = {
+    "model_type": "qwen2",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
+def test_student_from_config_alone_has_random_weights_and_the_given_tokenizer(minilm_path):
+    torch.manual_seed(0)
+    student = Student(None, fc1_dim=16, mrl_dims=[8], encoder_config=TINY_QWEN2, tokenizer=minilm_path)
+    assert type(student.encoder).__name__ == "Qwen2Model" and len(student.layers) == 3
+    assert student.encoder.config.use_cache is False  # an encoder keeps no key/value cache
+    assert student.tokenizer.vocab_size == 30522
+    vectors = student.encode(["a text", "another one"], head="8")
+    assert vectors.shape == (2, 8)
+    described = student.describe()
+    assert described["encoder_config"] == TINY_QWEN2 and described["tokenizer"] == minilm_path
+    torch.manual_seed(1)
+    again = Student(**described)  # describe() rebuilds it (as export/load_student do)
+    again.load_state_dict(student.state_dict())
+    assert torch.equal(again.encode(["a text", "another one"], head="8"), vectors)
+
+
+def test_the_qwen2_1_5b_random_config_has_stellas_shape(minilm_path):
+    from transformers import AutoConfig
+
+    from tests.test_config import compose_train
+
+    cfg = compose_train(["model=qwen2_1_5b_random"])
+    fields = dict(cfg.model.encoder_config)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.device("meta"):  # no memory, no time: only the parameter count
+        from transformers import AutoModel
+
+        model = AutoModel.from_config(config)
+    assert 1.50e9 < sum(p.numel() for p in model.parameters()) < 1.56e9  # Qwen2-1.5B: 1.54B
+    assert cfg.model.model_name_or_path is None and cfg.model.tokenizer == minilm_path
+
+
+def test_encoder_config_and_model_path_are_exclusive(tiny_qwen2):
+    with pytest.raises(ValueError, match="not both"):
+        Student(tiny_qwen2, fc1_dim=8, encoder_config=TINY_QWEN2)
+    with pytest.raises(ValueError, match="model.tokenizer"):
+        Student(None, fc1_dim=8, encoder_config=TINY_QWEN2)
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_qwen2"])
+def test_gradient_checkpointing_gives_the_same_gradients(model, request):
+    """Also through frozen lower layers (stage 2): non-reentrant checkpointing still reaches the top layers."""
+    path = request.getfixturevalue(model)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        student = Student(path, fc1_dim=16, gradient_checkpointing=checkpointing).train()
+        for parameter in student.layers[0].parameters():
+            parameter.requires_grad_(False)
+        student.encoder.config.hidden_dropout_prob = 0.0
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        batch = student.tokenize(["a short text", "a somewhat longer text about cats and dogs"])
+        student(batch["input_ids"], batch["attention_mask"])["fc1"].sum().backward()
+        top = student.layers[-1]
+        grads.append(torch.cat([p.grad.flatten() for p in top.parameters()]))
+        assert is_checkpointing(student.encoder) == checkpointing
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_attn_implementation(tiny_qwen2, monkeypatch):
+    student = Student(tiny_qwen2, fc1_dim=8, attn_implementation="eager")
+    assert student.encoder.config._attn_implementation == "eager"
+    assert (
+        Student(tiny_qwen2, fc1_dim=8, attn_implementation="sdpa").encoder.config._attn_implementation
+        == "sdpa"
+    )
+    with pytest.raises(ValueError, match="attn_implementation"):
+        Student(tiny_qwen2, fc1_dim=8, attn_implementation="fast")
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    with pytest.raises(ImportError, match="model.attn_implementation=sdpa"):
+        Student(tiny_qwen2, fc1_dim=8, attn_implementation="flash_attention_2")
