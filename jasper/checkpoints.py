@@ -83,6 +83,30 @@ def resolve_init_from(init_from: str | None, stage_index: int, output_dir: str |
     return None
 
 
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The Lightning checkpoint written last under ``folder`` (``last.ckpt`` or a ``step=N`` one: an interrupt
+    between the two writes leaves the other one older), or None."""
+    found = [p for p in Path(folder).glob("*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt")) if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | None:
+    """``last``: the newest checkpoint in this stage's ``checkpoints`` folder, an error when there is none; a path
+    must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        newest = newest_checkpoint(checkpoints)
+        if newest is None:
+            raise FileNotFoundError(
+                f"ckpt_path=last but {checkpoints} holds no checkpoint: drop ckpt_path to start the stage fresh"
+            )
+        return str(newest)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt path, or ckpt_path=last")
+    return ckpt_path
+
+
 class SaveStudent(L.Callback):
     """At the end of fit, write the student alone (weights + how to rebuild it) for the next stage and export."""
 

@@ -3,21 +3,94 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
-from jasper.checkpoints import load_student_weights, resolve_init_from
+from jasper.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
 
 log = logging.getLogger(__name__)
+HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
+
+
+class RunRefused(ValueError):
+    """A configuration that cannot run here, found before any model loads; the message is one line naming the
+    key to change (train.py prints it without a traceback)."""
 
 
 def check_stage(cfg: DictConfig) -> None:
     available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
     if cfg.stage not in available:
-        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+        raise RunRefused(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """GPU trainers (``trainer=gpu``, ``deepspeed_zero2``) on a machine where torch sees no CUDA device."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    strategy = cfg.trainer.get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    needs_cuda = accelerator in ("gpu", "cuda") or "deepspeed" in target.lower()
+    if needs_cuda and not torch.cuda.is_available():
+        what = f"trainer.accelerator={accelerator}" + (
+            f", strategy {target.split('.')[-1]}" if target else ""
+        )
+        raise RunRefused(f"{what} needs a CUDA GPU and torch sees none here: run with trainer=cpu")
+
+
+def validate(cfg: DictConfig) -> str | None:
+    """Everything checked before a model loads; returns the checkpoint to resume from (``ckpt_path``)."""
+    check_stage(cfg)
+    check_trainer(cfg)
+    try:
+        return resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir) / "checkpoints")
+    except FileNotFoundError as error:
+        raise RunRefused(str(error)) from None
+
+
+def remove_unused_run_folder(output_dir: str | Path, stop_at: str | Path) -> None:
+    """After a run that failed before training: remove its folder when it holds only what Hydra put there (and
+    then each parent left empty, up to ``stop_at``), so a refused run leaves no stage folder behind."""
+    folder, stop_at = Path(output_dir).resolve(), Path(stop_at).resolve()
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= HYDRA_FILES:
+        return
+    shutil.rmtree(folder)
+    for parent in folder.parents:
+        if parent == stop_at or stop_at not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+class StageProgressBar(TQDMProgressBar):
+    """The training bar counts the stage's optimiser steps (``stage 2: 312/800``) across epochs, and a resumed
+    run starts at its step, instead of Lightning's per-epoch batch count."""
+
+    def __init__(self, description: str = "train", refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.description = description
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps if trainer.max_steps > 0 else convert_inf(self.total_train_batches)
+        bar.set_description(self.description)
+        bar.n = trainer.global_step
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
 
 
 def stage_data(cfg: DictConfig) -> DictConfig:
@@ -39,6 +112,7 @@ def stage_data(cfg: DictConfig) -> DictConfig:
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
     check_stage(cfg)
+    check_trainer(cfg)
     L.seed_everything(cfg.seed, workers=True)
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
@@ -57,10 +131,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
 
 
 def run(cfg: DictConfig) -> float | None:
-    module, datamodule, trainer = build(cfg)
+    try:
+        ckpt_path = validate(cfg)
+        module, datamodule, trainer = build(cfg)
+    except Exception:
+        remove_unused_run_folder(cfg.paths.output_dir, stop_at=Path(cfg.paths.run_dir).parent)
+        raise
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # or the process can abort at exit (gloo)

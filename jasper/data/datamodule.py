@@ -12,11 +12,16 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from jasper.cache import CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
-from jasper.data.batching import LengthBucketBatchSampler
+from jasper.data.batching import (
+    EpochRandomSampler,
+    LengthBucketBatchSampler,
+    ResumableBatchSampler,
+    ResumableDataLoader,
+)
 from jasper.teachers import TeacherEnsemble, check_finite
 
 log = logging.getLogger(__name__)
@@ -286,24 +291,21 @@ class TextDistillDataModule(L.LightningDataModule):
         self.val_set = DistillTextDataset(held_out, val_vectors)
 
     def train_dataloader(self) -> DataLoader:
-        common = {
-            "collate_fn": self.collate,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if not self.length_buckets:
-            return DataLoader(
-                self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, **common
-            )
-        generator = torch.Generator().manual_seed(self.seed)
-        batches = LengthBucketBatchSampler(
-            RandomSampler(self.train_set, generator=generator),
-            self.batch_size,
-            drop_last=True,
-            lengths=[len(t) for t in self.train_set.texts],
-            seed=self.seed,
+        """Seeded per epoch and resumable mid-epoch (jasper/data/batching.py): a run resumed from a checkpoint sees
+        exactly the batches an uninterrupted one would."""
+        sampler = EpochRandomSampler(self.train_set, seed=self.seed)
+        if self.length_buckets:
+            lengths = [len(t) for t in self.train_set.texts]
+            batches = LengthBucketBatchSampler(sampler, self.batch_size, True, lengths, seed=self.seed)
+        else:
+            batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=True)
+        return ResumableDataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
-        return DataLoader(self.train_set, batch_sampler=batches, **common)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
