@@ -20,37 +20,40 @@ log = logging.getLogger(__name__)
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
 
 
+def check_stage(cfg: DictConfig) -> None:
+    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
+    if cfg.stage not in available:
+        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer=gpu``/``ddp``-on-GPU/``deepspeed_zero2`` on a machine without CUDA: one line naming ``trainer=cpu``
+    (rather than Lightning's or DeepSpeed's own error, deep in the setup)."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    deepspeed = "deepspeed" in target.lower()
+    if (accelerator in ("gpu", "cuda") or deepspeed) and not torch.cuda.is_available():
+        what = "DeepSpeed (trainer=deepspeed_zero2)" if deepspeed else f"trainer.accelerator={accelerator}"
+        raise RuntimeError(
+            f"{what} needs a CUDA GPU and none is visible here: use trainer=cpu (or trainer=ddp for several "
+            "CPU processes)"
+        )
+
+
 class RunRefused(ValueError):
     """A configuration that cannot run here, found before any model loads; the message is one line naming the
     key to change (train.py prints it without a traceback)."""
 
 
-def check_stage(cfg: DictConfig) -> None:
-    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
-    if cfg.stage not in available:
-        raise RunRefused(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
-
-
-def check_trainer(cfg: DictConfig) -> None:
-    """GPU trainers (``trainer=gpu``, ``deepspeed_zero2``) on a machine where torch sees no CUDA device."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    strategy = cfg.trainer.get("strategy")
-    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
-    needs_cuda = accelerator in ("gpu", "cuda") or "deepspeed" in target.lower()
-    if needs_cuda and not torch.cuda.is_available():
-        what = f"trainer.accelerator={accelerator}" + (
-            f", strategy {target.split('.')[-1]}" if target else ""
-        )
-        raise RunRefused(f"{what} needs a CUDA GPU and torch sees none here: run with trainer=cpu")
-
-
 def validate(cfg: DictConfig) -> str | None:
     """Everything checked before a model loads; returns the checkpoint to resume from (``ckpt_path``)."""
-    check_stage(cfg)
-    check_trainer(cfg)
     try:
+        check_accelerator(cfg)
+        check_stage(cfg)
         return resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir) / "checkpoints")
-    except FileNotFoundError as error:
+    except (RuntimeError, ValueError, FileNotFoundError) as error:
         raise RunRefused(str(error)) from None
 
 
@@ -111,8 +114,8 @@ def stage_data(cfg: DictConfig) -> DictConfig:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
+    check_accelerator(cfg)
     check_stage(cfg)
-    check_trainer(cfg)
     L.seed_everything(cfg.seed, workers=True)
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)

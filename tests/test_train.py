@@ -37,15 +37,14 @@ def test_gpu_trainer_without_cuda_fails_at_once_and_leaves_no_folder(tmp_path):
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines == [
-        "error: trainer.accelerator=gpu needs a CUDA GPU and torch sees none here: run with trainer=cpu"
-    ]
+    assert len(lines) == 1 and lines[0].startswith("error: trainer.accelerator=gpu needs a CUDA GPU")
+    assert "use trainer=cpu" in lines[0]
     assert not (tmp_path / "run").exists()  # Hydra's stage folder is removed with the refused run
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_deepspeed_without_cuda_and_resume_without_checkpoint_are_refused(tmp_path):
-    with pytest.raises(RunRefused, match="trainer=cpu"):
+    with pytest.raises(RunRefused, match="DeepSpeed .* use trainer=cpu"):
         validate(compose_train(["trainer=deepspeed_zero2", f"paths.output_dir={tmp_path}"]))
     with pytest.raises(RunRefused, match="ckpt_path=last but .* holds no checkpoint"):
         validate(compose_train(["ckpt_path=last", f"paths.output_dir={tmp_path}"]))
