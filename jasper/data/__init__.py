@@ -2,6 +2,7 @@
 
 from jasper.data.augment import augment
 from jasper.data.datamodule import TextDistillDataModule
+from jasper.data.files import LocalFiles
 from jasper.data.sources import HubDataset, PythonDocstrings, TextFiles
 
-__all__ = ["HubDataset", "PythonDocstrings", "TextDistillDataModule", "TextFiles", "augment"]
+__all__ = ["HubDataset", "LocalFiles", "PythonDocstrings", "TextDistillDataModule", "TextFiles", "augment"]

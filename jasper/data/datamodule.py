@@ -22,18 +22,29 @@ from jasper.data.batching import (
     ResumableBatchSampler,
     ResumableDataLoader,
 )
+from jasper.data.files import RejectedRow
 from jasper.teachers import TeacherEnsemble, check_finite
 
 log = logging.getLogger(__name__)
+PLACES_SHOWN = 5  # file:line places logged per rejection reason
 
 
-def clean_rows(rows: Iterable[object], max_chars: int | None = None) -> tuple[list[str], Counter]:
+def clean_rows(
+    rows: Iterable[object], max_chars: int | None = None, places: dict[str, list[str]] | None = None
+) -> tuple[list[str], Counter]:
     """Keep non-empty strings (stripped, cut to ``max_chars``) and exact first occurrences; count every row
-    rejected by reason (``empty``, ``non-text``, ``duplicate``) and the kept ones cut short (``truncated``)."""
+    rejected by reason (``empty``, ``non-text``, ``duplicate``, or a `RejectedRow`'s own reason, such as
+    ``broken JSON``) and the kept ones cut short (``truncated``). ``places`` collects where the first
+    `PLACES_SHOWN` rows of each `RejectedRow` reason were (``file:line``)."""
     texts: list[str] = []
     seen: set[bytes] = set()  # 16-byte digests, not the texts: flat in the texts' length
     rejected: Counter = Counter()
     for row in rows:
+        if isinstance(row, RejectedRow):
+            rejected[row.reason] += 1
+            if places is not None and len(places.setdefault(row.reason, [])) < PLACES_SHOWN:
+                places[row.reason].append(row.where)
+            continue
         if not isinstance(row, str):
             rejected["non-text"] += 1
             continue
@@ -195,10 +206,14 @@ class TextDistillDataModule(L.LightningDataModule):
 
     def prepare_texts(self) -> tuple[list[str], list[str]]:
         """Training texts (augmented) and held-out texts, exactly as ``setup`` and ``precompute.py`` see them."""
-        texts, self.rejected = clean_rows(self.source, self.max_chars)
+        places: dict[str, list[str]] = {}
+        texts, self.rejected = clean_rows(self.source, self.max_chars, places)
         dropped = {k: v for k, v in self.rejected.items() if k != "truncated"}
         if dropped:
-            log.warning("rejected %d row(s): %s", sum(dropped.values()), dropped)
+            where = "; ".join(f"{reason} at {', '.join(p)}" for reason, p in places.items())
+            log.warning(
+                "rejected %d row(s): %s%s", sum(dropped.values()), dropped, f" ({where})" if where else ""
+            )
         if self.rejected["truncated"]:
             log.warning(
                 "cut %d over-long row(s) to data.max_chars=%s", self.rejected["truncated"], self.max_chars
