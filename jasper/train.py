@@ -9,12 +9,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
 from jasper.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
+from jasper.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 
 log = logging.getLogger(__name__)
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
@@ -119,7 +122,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     L.seed_everything(cfg.seed, workers=True)
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
-    init_from = resolve_init_from(cfg.stage_settings.init_from, cfg.stage, cfg.paths.output_dir)
+    init_from = resolve_init_from(
+        cfg.stage_settings.init_from,
+        cfg.stage,
+        cfg.paths.output_dir,
+        cfg.paths.run_dir,
+        job_first_stage_changed(),
+    )
     if init_from is not None:
         load_student_weights(student, init_from)
     # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
@@ -133,6 +142,19 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def job_first_stage_changed() -> int:
+    """Under a Hydra multirun, the first stage this job's overrides change (`jasper.sweeps.first_stage_changed`);
+    1 otherwise (a single run's stage folder already sits beside the previous stage's)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    hydra = HydraConfig.get()
+    return first_stage_changed(hydra.overrides.task, hydra.job.config.override_dirname.exclude_keys)
+
+
+def job_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def run(cfg: DictConfig) -> float | None:
     try:
         ckpt_path = validate(cfg)
@@ -144,6 +166,15 @@ def run(cfg: DictConfig) -> float | None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    if trainer.is_global_zero:  # the sweep summary reads it; written with or without a logger
+        write_job_metrics(
+            Path(cfg.paths.output_dir) / METRICS_FILE,
+            cfg.optimized_metric,
+            trainer.callback_metrics,
+            stage=int(cfg.stage),
+            run_name=str(cfg.run_name),
+            overrides=job_overrides(),
+        )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # or the process can abort at exit (gloo)
     return float(metric) if metric is not None else None

@@ -74,6 +74,8 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
         -2000:
     ]  # auto init_from
     assert "student initialised from" in (job_dir / "stage3" / "train.log").read_text()
+    summary = (tmp_path / "sweep_summary.md").read_text()  # the multirun's summary, one row per stage job
+    assert all(f"/stage{k} |" in summary for k in (1, 2, 3)) and "val/spearman_fc1" in summary
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "paths.output_dir=unused"])
     report(cfg)
