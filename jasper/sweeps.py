@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -194,3 +195,82 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         direction = str(config.hydra.sweeper.get("direction", "maximize"))
         summarise(config.hydra.sweep.dir, self.maximize and direction != "minimize", since=self.started)
+
+
+class OptunaSweeper(Sweeper):
+    """``hparams_search=optuna``: an Optuna study (TPE, seeded) over ``params``, ``n_trials`` jobs launched one
+    after another through Hydra's launcher, each told the value its job returned (`jasper.train.run`:
+    ``optimized_metric``; a job that returns None counts as the worst). Writes ``optuna_best.yaml`` to the sweep
+    folder; `SweepSummary` ranks every trial. Built on Optuna itself: the hydra-optuna-sweeper plugin pins
+    optuna<3.
+
+    ``params``: ``{key: {type: float|int, low, high, log}}`` or ``{key: {type: categorical, choices: [...]}}``.
+    Command-line overrides stay fixed for every trial (``stage=1 run_name=...``); sweeping one (``a=1,2``) here is
+    refused.
+    """
+
+    def __init__(
+        self, params: Mapping[str, Mapping], n_trials: int = 20, direction: str = "maximize", seed: int = 0
+    ) -> None:
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {direction!r}")
+        if not params:
+            raise ValueError(
+                "hydra.sweeper.params is empty: name at least one key to search (hparams_search=optuna)"
+            )
+        self.params = {k: dict(v) for k, v in params.items()}
+        self.n_trials = int(n_trials)
+        self.direction = direction
+        self.seed = seed
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def suggest(self, trial, key: str) -> object:
+        spec = self.params[key]
+        kind = spec.get("type", "float")
+        if kind == "categorical":
+            return trial.suggest_categorical(key, list(spec["choices"]))
+        if kind not in ("float", "int"):
+            raise ValueError(
+                f"hydra.sweeper.params.{key}.type must be float, int or categorical, got {kind!r}"
+            )
+        suggest = trial.suggest_float if kind == "float" else trial.suggest_int
+        return suggest(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
+
+    def sweep(self, arguments: list[str]) -> list:
+        import optuna
+
+        swept = [
+            a for a in arguments if "," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[")
+        ]
+        if swept:
+            raise ValueError(
+                f"hparams_search=optuna keeps command-line overrides fixed; not a sweep here: {swept}"
+            )
+        worst = -math.inf if self.direction == "maximize" else math.inf
+        study = optuna.create_study(
+            direction=self.direction, sampler=optuna.samplers.TPESampler(seed=self.seed)
+        )
+        returns = []
+        for index in range(self.n_trials):
+            trial = study.ask()
+            overrides = [*arguments, *(f"{key}={self.suggest(trial, key)!r}" for key in self.params)]
+            (job,) = self.launcher.launch([overrides], initial_job_idx=index)
+            value = job.return_value  # re-raises a failed job's error
+            study.tell(trial, worst if value is None else float(value))
+            returns.append(job)
+        best = {"value": study.best_value, "params": study.best_params, "trial": study.best_trial.number}
+        folder = Path(self.config.hydra.sweep.dir) if self.config is not None else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "optuna_best.yaml").write_text(OmegaConf.to_yaml(best))
+        log.info("optuna best (trial %d): %s = %s", best["trial"], best["params"], best["value"])
+        return [returns]

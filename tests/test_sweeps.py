@@ -78,3 +78,48 @@ def test_sweep_summary_ranks_the_jobs(tmp_path):
         "[32]",
         "[128,64]",
     ]
+
+
+def test_optuna_sweeper_maximises_what_the_jobs_return(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from jasper.sweeps import OptunaSweeper
+
+    class Launcher:  # runs a "job" in place: its value peaks at similarity=200
+        def __init__(self) -> None:
+            self.jobs: list[list[str]] = []
+
+        def launch(self, overrides, initial_job_idx):
+            (job,) = overrides
+            self.jobs.append(job)
+            values = dict(o.split("=", 1) for o in job)
+            score = -abs(float(values["loss.similarity"]) - 200) / 100
+            return [JobReturn(overrides=job, status=JobStatus.COMPLETED, _return_value=score)]
+
+    params = {"loss.similarity": {"type": "float", "low": 50.0, "high": 800.0, "log": True}}
+    sweeper = OptunaSweeper(params, n_trials=12, seed=0)
+    sweeper.launcher = Launcher()
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.sweep(["stage=1"])
+    assert len(sweeper.launcher.jobs) == 12 and all(job[0] == "stage=1" for job in sweeper.launcher.jobs)
+    best = OmegaConf.load(tmp_path / "optuna_best.yaml")
+    assert abs(best.params["loss.similarity"] - 200) < 100  # TPE found the peak's neighbourhood
+
+
+def test_hparams_search_optuna_composes():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import jasper.config  # noqa: F401
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "jasper.sweeps.OptunaSweeper"
+    assert set(cfg.hydra.sweeper.params) >= {
+        "loss.similarity",
+        "loss.margin",
+        "stages.stage1.module.optimizer.lr",
+    }
