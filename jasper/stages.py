@@ -8,15 +8,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from jasper.cache import PooledFeatures, encode_sorted
+from jasper.closed_form import ridge_fc1
+from jasper.data.datamodule import CachedRows
 from jasper.evaluation.fidelity import teacher_fidelity
 from jasper.losses import DistillLoss
 from jasper.student import FC1, Student
+
+log = logging.getLogger(__name__)
 
 
 class DistillModule(L.LightningModule):
@@ -115,7 +121,33 @@ class DistillModule(L.LightningModule):
 
 
 class Stage1(DistillModule):
-    """FC1 learns to map the frozen encoder's pooled states to the teachers' space."""
+    """FC1 learns to map the frozen encoder's pooled states to the teachers' space.
+
+    ``closed_form``: a ridge strength (e.g. ``1e-3``) to first solve FC1 in closed form from every training text's
+    pooled state to its teacher vector (:func:`jasper.closed_form.ridge_fc1`, seconds); the configured steps then
+    polish it with the three losses (``steps: 0`` keeps the solution as it is). ``None``: FC1 starts as loaded.
+    """
+
+    def __init__(
+        self, student: Student, loss: DistillLoss, closed_form: float | None = None, **kwargs
+    ) -> None:
+        self.closed_form = closed_form
+        super().__init__(student, loss, **kwargs)
+
+    def on_fit_start(self) -> None:
+        if self.closed_form is None or self.trainer.ckpt_path is not None:
+            return  # a resumed run already holds its solved (and polished) FC1
+        dataset = self.trainer.datamodule.train_set
+        teacher = as_tensor(dataset.teacher_vectors)
+        if dataset.features is not None:
+            features = as_tensor(dataset.features)
+        else:  # no stage-1 feature cache: run the frozen encoder once over the training texts
+            features = encode_sorted(PooledFeatures(self.student), dataset.texts, batch_size=64)
+        weight, bias = ridge_fc1(features, teacher, self.closed_form)
+        with torch.no_grad():
+            self.student.fc1.weight.copy_(weight)
+            self.student.fc1.bias.copy_(bias)
+        log.info("FC1 solved in closed form (ridge %g) on %d texts", self.closed_form, len(teacher))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.fc1.parameters())
@@ -123,6 +155,10 @@ class Stage1(DistillModule):
     def losses(self, vectors: dict[str, Tensor], teacher: Tensor) -> dict[str, Tensor]:
         terms, total = self.head_losses(FC1, vectors[FC1], teacher, use_cosine=True)
         return {**terms, "total": total}
+
+
+def as_tensor(table: Tensor | CachedRows) -> Tensor:
+    return table if isinstance(table, Tensor) else table.tensor()
 
 
 class Stage2(Stage1):
@@ -152,6 +188,9 @@ class Stage3(DistillModule):
     projection of the trained FC1 vector rather than a random one: random heads give large similarity losses whose
     gradients also reach the encoder and pull FC1 away from the teachers early in the stage. ``"random"`` keeps
     the heads as they are (the paper does not say how FC2-FC4 start).
+
+    ``head_teacher="fc1"``: the heads learn the student's own FC1 vectors (detached) instead of the teachers'
+    (self-distillation, the paper's proposed but untested idea); ``"teacher"``: the teachers' vectors (paper).
     """
 
     def __init__(
@@ -161,6 +200,7 @@ class Stage3(DistillModule):
         keep_fc1_loss: bool = True,
         head_lr: float | None = None,
         head_init: str = "fc1_prefix",
+        head_teacher: str = "teacher",
         **kwargs,
     ) -> None:
         if not student.mrl_dims:
@@ -169,7 +209,10 @@ class Stage3(DistillModule):
             )
         if head_init not in ("fc1_prefix", "random"):
             raise ValueError(f"stage.module.head_init={head_init!r}: choose fc1_prefix or random")
+        if head_teacher not in ("teacher", "fc1"):
+            raise ValueError(f"stages.stage3.module.head_teacher={head_teacher!r}: choose teacher or fc1")
         self.keep_fc1_loss = keep_fc1_loss
+        self.head_teacher = head_teacher
         self.head_lr = head_lr
         super().__init__(student, loss, **kwargs)
         if head_init == "fc1_prefix":
@@ -188,16 +231,18 @@ class Stage3(DistillModule):
 
     def trained_heads(self) -> list[str]:
         heads = [str(d) for d in self.student.mrl_dims]
-        return [FC1, *heads] if self.keep_fc1_loss else heads
+        return [FC1, *heads] if self.keep_fc1_loss or self.head_teacher == "fc1" else heads
 
     def losses(self, vectors: dict[str, Tensor], teacher: Tensor) -> dict[str, Tensor]:
-        heads = [(str(d), False) for d in self.student.mrl_dims]
+        # Self-distillation: FC1's vectors teach the heads but receive no gradient from them.
+        head_target = vectors[FC1].detach() if self.head_teacher == "fc1" else teacher
+        heads = [(str(d), False, head_target) for d in self.student.mrl_dims]
         if self.keep_fc1_loss:
-            heads.insert(0, (FC1, True))
+            heads.insert(0, (FC1, True, teacher))
         terms: dict[str, Tensor] = {}
         total = 0.0
-        for head, use_cosine in heads:
-            head_terms, head_total = self.head_losses(head, vectors[head], teacher, use_cosine)
+        for head, use_cosine, target in heads:
+            head_terms, head_total = self.head_losses(head, vectors[head], target, use_cosine)
             terms.update(head_terms)
             total = total + head_total
         return {**terms, "total": total}

@@ -2,12 +2,19 @@
 
 Jasper's teachers are NV-Embed-v2 (4096-d) and stella_en_1.5B_v5 (8192-d head): each teacher's vectors are
 L2-normalised, concatenated (12288-d) and normalised again. The dimension is read off the teachers, never typed.
+
+A teacher is a description (name, path, revision, prompt, pooling, max length, layers, dtype, dim) until it is
+asked to encode: its model loads on the first ``encode``. Everything the TeacherCache keys on is read from the
+model's small files (``jasper.model_files``), so a run whose vectors are all cached never loads a teacher: with
+NV-Embed-v2 (7B) and stella (1.5B) that is minutes and tens of GB per rank saved on every stage.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -16,6 +23,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from jasper.model_files import (
+    config_value,
+    folder_digest,
+    hub_commit,
+    hub_listing,
+    local_folder,
+    sentence_transformer_dim,
+    sentence_transformer_layers,
+    sentence_transformer_max_length,
+)
 from jasper.student import check_model_path, load_encoder, mean_pool
 
 log = logging.getLogger(__name__)
@@ -35,8 +52,121 @@ def _device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class SentenceTransformerTeacher:
-    """Any sentence-transformers model (its own pooling, dense and normalisation modules)."""
+class LazyTeacher:
+    """What the two teacher kinds share: a description that loads its model on first use.
+
+    ``dim`` is known without loading. The cheapest correct source is the model's own small files, read as its
+    library would read them (``config.json``'s hidden size; for sentence-transformers, ``modules.json`` and the
+    Pooling / Dense configs): they are on disk whenever the model is, they cost a few kB, and they do not depend
+    on a cache having been built (the cache manifest would, and would leave the first run to load the model
+    anyway). Where the files do not tell (a custom-code module), ``dim`` in the config gives it; failing both, the
+    model is loaded once to ask it. Whatever the source, the loaded model's dimension is checked against it.
+
+    ``weights`` is a digest of the model's files (``jasper.model_files.folder_digest``: weights, config,
+    tokenizer, remote code), computed without loading them and remembered across runs; the TeacherCache keys on it.
+    """
+
+    pooling = "sentence-transformers"
+    num_layers: int | None = None
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        name: str | None,
+        prompt: str,
+        revision: str | None,
+        device: str | None,
+        dtype: str | None,
+        dim: int | None,
+    ) -> None:
+        check_model_path(model_name_or_path)
+        self.model_name_or_path = str(model_name_or_path)
+        self.name = name or self.model_name_or_path
+        self.prompt = prompt
+        self.revision = revision
+        self.device = _device(device)
+        self.dtype = dtype
+        self.configured_dim = dim
+        self._model = None
+
+    # The description: read from files, never from a loaded model.
+    @cached_property
+    def folder(self) -> Path | None:
+        """Where the model's files are on this machine (a hub id: its snapshot in the local HF cache), or None."""
+        return local_folder(self.model_name_or_path, self.revision)
+
+    @cached_property
+    def hub(self) -> tuple[str, str | None] | None:
+        """(commit, digest) from the hub's file metadata, for a hub id whose files are not on this machine."""
+        if self.folder is not None:
+            return None
+        return hub_listing(self.model_name_or_path, self.revision)
+
+    @cached_property
+    def commit(self) -> str | None:
+        """The configured revision, or the commit of the hub snapshot the model loads from."""
+        return self.revision or hub_commit(self.folder) or (self.hub[0] if self.hub else None)
+
+    @cached_property
+    def weights(self) -> str | None:
+        digest = folder_digest(self.folder) if self.folder is not None else (self.hub or (None, None))[1]
+        if digest is None:
+            log.warning(
+                "teacher %s: its files are neither on this machine nor listed by the hub (%s), so its cache key "
+                "holds no weights digest",
+                self.name,
+                self.model_name_or_path,
+            )
+        return digest
+
+    @cached_property
+    def dim(self) -> int:
+        dim = self.configured_dim or self.described_dim()
+        if dim is None:
+            log.info("teacher %s: output dimension not in its files; loading the model to read it", self.name)
+            dim = self.loaded_dim(self.model)
+        return int(dim)
+
+    def described_dim(self) -> int | None:
+        raise NotImplementedError
+
+    # The model: loaded on first use.
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self):
+        if self._model is None:
+            log.info("loading teacher %s from %s", self.name, self.model_name_or_path)
+            model = self.load()
+            expected = self.__dict__.get("dim") or self.configured_dim or self.described_dim()
+            actual = self.loaded_dim(model)
+            if expected is not None and expected != actual:
+                raise ValueError(
+                    f"teacher {self.name}: its config gives a {expected}-d output but the loaded model gives "
+                    f"{actual}-d; set dim: {actual} in its teachers config (or fix its dim: key)"
+                )
+            self._model = model
+        return self._model
+
+    def load(self):
+        raise NotImplementedError
+
+    def loaded_dim(self, model) -> int:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        """A DataLoader worker or a spawned rank gets the description, not the loaded model."""
+        return {**self.__dict__, "_model": None}
+
+
+class SentenceTransformerTeacher(LazyTeacher):
+    """Any sentence-transformers model (its own pooling, dense and normalisation modules).
+
+    ``max_length`` unset: the truncation length the model's ``sentence_bert_config.json`` gives (as
+    sentence-transformers would apply it), read without loading.
+    """
 
     def __init__(
         self,
@@ -48,29 +178,41 @@ class SentenceTransformerTeacher:
         device: str | None = None,
         trust_remote_code: bool = False,
         dtype: str | None = None,
+        dim: int | None = None,
     ) -> None:
-        from sentence_transformers import SentenceTransformer
+        super().__init__(model_name_or_path, name, prompt, revision, device, dtype, dim)
+        self.configured_max_length = max_length
+        self.trust_remote_code = trust_remote_code
 
-        check_model_path(model_name_or_path)
-        model_kwargs = {"dtype": getattr(torch, dtype)} if dtype else None
-        self.model = SentenceTransformer(
-            model_name_or_path,
-            device=_device(device),
-            revision=revision,
-            trust_remote_code=trust_remote_code,
+    @cached_property
+    def max_length(self) -> int | None:
+        return self.configured_max_length or sentence_transformer_max_length(self.folder)
+
+    @cached_property
+    def num_layers(self) -> int | None:
+        return sentence_transformer_layers(self.folder)
+
+    def described_dim(self) -> int | None:
+        return sentence_transformer_dim(self.folder)
+
+    def load(self):
+        from sentence_transformers import SentenceTransformer  # heavy; only a teacher that encodes needs it
+
+        model_kwargs = {"dtype": getattr(torch, self.dtype)} if self.dtype else None
+        model = SentenceTransformer(
+            self.model_name_or_path,
+            device=self.device,
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
             model_kwargs=model_kwargs,
         )
-        if max_length is not None:
-            self.model.max_seq_length = max_length
-        self.model.eval()
-        self.name = name or str(model_name_or_path)
-        self.prompt = prompt
-        self.max_length = self.model.max_seq_length
-        dimension = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        self.dim = dimension()
+        if self.max_length is not None:
+            model.max_seq_length = self.max_length
+        return model.eval()
+
+    def loaded_dim(self, model) -> int:
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(dimension())
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
@@ -84,10 +226,11 @@ class SentenceTransformerTeacher:
         return F.normalize(vectors.float().cpu(), dim=-1)
 
 
-class HuggingFaceTeacher:
+class HuggingFaceTeacher(LazyTeacher):
     """A plain ``AutoModel`` with its own pooling (mean / cls / last token), prompt and max length.
 
-    ``num_layers`` keeps the first N layers, so the student's own initialisation can be one of its teachers.
+    ``num_layers`` keeps the first N layers, so the student's own initialisation can be one of its teachers
+    (unset: every layer, read from ``config.json``).
     """
 
     def __init__(
@@ -101,21 +244,37 @@ class HuggingFaceTeacher:
         revision: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        dim: int | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"teacher pooling={pooling!r} is not one of {POOLINGS}")
-        self.device = _device(device)
-        self.model = load_encoder(model_name_or_path, num_layers, revision).to(self.device).eval()
-        if dtype:
-            self.model.to(getattr(torch, dtype))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.name = name or str(model_name_or_path)
+        super().__init__(model_name_or_path, name, prompt, revision, device, dtype, dim)
         self.pooling = pooling
-        self.prompt = prompt
-        self.max_length = max_length
-        self.dim = self.model.config.hidden_size
+        self.max_length = max_length  # the tokenizer truncates here: the truncation length is this, exactly
+        self.configured_layers = num_layers
+
+    @cached_property
+    def num_layers(self) -> int | None:
+        return self.configured_layers or config_value(self.folder, "num_hidden_layers")
+
+    def described_dim(self) -> int | None:
+        return config_value(self.folder, "hidden_size")
+
+    @cached_property
+    def tokenizer(self):
+        tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, revision=self.revision)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def load(self):
+        model = load_encoder(self.model_name_or_path, self.configured_layers, self.revision).to(self.device)
+        if self.dtype:
+            model.to(getattr(torch, self.dtype))
+        return model.eval()
+
+    def loaded_dim(self, model) -> int:
+        return int(model.config.hidden_size)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
@@ -158,19 +317,6 @@ class TeacherEnsemble:
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.teachers]
-
-    def describe(self) -> list[dict]:
-        """Everything that changes a teacher's vectors (used to key cached vectors)."""
-        return [
-            {
-                "name": t.name,
-                "dim": t.dim,
-                "prompt": getattr(t, "prompt", ""),
-                "max_length": getattr(t, "max_length", None),
-                "pooling": getattr(t, "pooling", "sentence-transformers"),
-            }
-            for t in self.teachers
-        ]
 
     def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
         """``(N, sum of teacher dims)`` float32 vectors; raises on NaN/inf so bad vectors never reach training."""

@@ -312,3 +312,64 @@ def test_stage1_on_cached_features_matches_stage1_on_the_encoder(tiny_bert, docs
     assert "features" in batch and "input_ids" not in batch  # the encoder never ran during training
     assert torch.allclose(cached, plain, atol=1e-5), (cached - plain).abs().max()
     assert any(p.name.startswith("student-features-") for p in tmp_path.glob("corpus-*/*"))
+
+
+def edited_copy(folder, destination):
+    """A copy of a model folder with one weight changed (by 1e-3)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, destination)
+    weights = load_file(destination / "model.safetensors")
+    key = sorted(weights)[0]
+    weights[key].view(-1)[0] += 1e-3
+    save_file(weights, destination / "model.safetensors", metadata={"format": "pt"})
+    return str(destination)
+
+
+def test_a_teacher_whose_weights_changed_is_refused_by_name(tmp_path, texts, tiny_bert):
+    cache = TeacherCache(tmp_path / "cache")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    teacher = HuggingFaceTeacher(str(model), name="tiny", max_length=32)
+    cache.build(texts[:20], [teacher], batch_size=4, show_progress=False)
+    assert cache.manifest(teacher)["teacher"]["weights"] == teacher.weights is not None
+    shutil.rmtree(model)
+    edited_copy(tiny_bert, model)  # same path, same name: one weight differs
+    changed = HuggingFaceTeacher(str(model), name="tiny", max_length=32)
+    assert changed.weights != teacher.weights
+    with pytest.raises(CacheMismatch, match=r"teacher 'tiny' changed .*weights: cache has '") as error:
+        cache.reader([changed])
+    assert "the model's files changed" in str(error.value) and not changed.loaded
+    with pytest.raises(CacheMismatch, match="teacher 'tiny' changed"):
+        cache.build(texts[:20], [changed], show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"num_layers": 3}, "num_layers: cache has 4, this run has 3"),
+        ({"dtype": "bfloat16"}, "compute_dtype: cache has None, this run has 'bfloat16'"),
+    ],
+)
+def test_a_teacher_with_other_layers_or_dtype_is_refused(
+    tmp_path, texts, teacher, tiny_bert, change, message
+):
+    cache = TeacherCache(tmp_path)
+    cache.build(texts[:20], [teacher], batch_size=4, show_progress=False)
+    other = HuggingFaceTeacher(tiny_bert, max_length=32, **change)
+    with pytest.raises(CacheMismatch, match=message):
+        cache.reader([other])
+
+
+def test_a_cache_from_before_weights_were_recorded_is_refused_with_a_reason(tmp_path, texts, teacher):
+    cache = TeacherCache(tmp_path)
+    cache.build(texts[:20], [teacher], batch_size=4, show_progress=False)
+    path = cache.teacher_dir(teacher) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("weights", "num_layers", "compute_dtype"):
+        del manifest["teacher"][key]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        CacheMismatch, match="written before jasper recorded weights, num_layers, compute_dtype"
+    ):
+        cache.reader([teacher])

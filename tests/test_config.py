@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import jasper.config  # noqa: F401  (resolvers)
+from jasper.packaged import MPNET, part_files
 from jasper.train import check_stage
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,7 +27,48 @@ def compose_train(overrides: list[str], tmp_path: Path | None = None):
 )
 def test_every_config_composes(override):
     cfg = compose_train([override])
+    if override in ("teachers=mpnet_minilm", "experiment=jasper_analogue") and not mpnet_installed():
+        with pytest.raises(Exception, match="make install-mpnet"):  # the error names the extra to install
+            OmegaConf.to_container(cfg, resolve=True)
+        return
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def mpnet_installed() -> bool:
+    try:
+        part_files(MPNET)
+    except ImportError:
+        return False
+    return True
+
+
+def test_mpnet_minilm_teachers_instantiate_without_loading_a_model():
+    if not mpnet_installed():
+        pytest.skip("the mpnet extra is not installed (make install-mpnet)")
+    cfg = compose_train(["teachers=mpnet_minilm", "model.num_layers=6"])
+    teachers = instantiate(cfg.teachers)
+    mpnet, init = teachers.teachers
+    assert teachers.dim == 768 + 384  # read from the models' config files
+    assert (mpnet.name, init.name, init.num_layers, init.max_length) == (
+        "all-mpnet-base-v2",
+        "all-MiniLM-L6-v2[:6] (student init)",
+        6,
+        cfg.model.max_length,
+    )
+    assert init.model_name_or_path == cfg.model.model_name_or_path  # the student's own initialisation
+    assert mpnet.weights is not None and not mpnet.loaded and not init.loaded
+
+
+def test_jasper_analogue_is_the_full_minilm_student_of_mpnet_and_its_init():
+    if not mpnet_installed():
+        pytest.skip("the mpnet extra is not installed (make install-mpnet)")
+    cfg = compose_train(["experiment=jasper_analogue"])
+    assert (cfg.model.num_layers, list(cfg.model.mrl_dims), cfg.data.source._target_) == (
+        6,
+        [384, 256, 128],
+        "jasper.data.EnglishProse",
+    )
+    assert instantiate(cfg.teachers).dim == 1152 and cfg.stages.stage1.module.closed_form is not None
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -130,3 +130,20 @@ def test_a_frozen_encoder_stays_in_eval_mode_after_validation(tiny_bert):
     stage2.train()
     stage2.on_train_batch_start({}, 0)
     assert stage2.student.encoder.training  # a partly trained encoder keeps its dropout
+
+
+def test_stage3_self_distilled_heads_learn_fc1_and_send_it_no_gradient(tiny_bert):
+    module = make(Stage3, tiny_bert, head_teacher="fc1", keep_fc1_loss=False)
+    batch = dict(module.student.tokenize(TEXTS))
+    vectors = module(batch)
+    teachers = [torch.nn.functional.normalize(torch.randn(len(TEXTS), 24), dim=-1) for _ in range(2)]
+    totals = [module.losses(vectors, t)["total"] for t in teachers]
+    assert torch.equal(totals[0], totals[1])  # the heads' target is FC1, whatever the teachers say
+    totals[0].backward()
+    assert module.student.fc1.weight.grad is None or not module.student.fc1.weight.grad.any()
+    assert module.student.heads["8"].weight.grad.abs().sum() > 0
+
+
+def test_stage3_head_teacher_is_checked(tiny_bert):
+    with pytest.raises(ValueError, match="head_teacher"):
+        make(Stage3, tiny_bert, head_teacher="fc2")

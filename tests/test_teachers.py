@@ -1,9 +1,17 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
+import jasper.config  # noqa: F401  (resolvers)
+from jasper.cache import fingerprint, precompute
 from jasper.student import Student
 from jasper.teachers import HuggingFaceTeacher, SentenceTransformerTeacher, TeacherEnsemble, check_finite
+from jasper.train import build
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A recipe for lemon cake", "x"]
 
@@ -31,7 +39,8 @@ def test_student_init_as_teacher_equals_the_students_pooled_state(minilm_path):
 def test_sentence_transformer_teacher_with_prompt(minilm_path):
     plain = SentenceTransformerTeacher(minilm_path)
     prompted = SentenceTransformerTeacher(minilm_path, prompt="query: ")
-    assert plain.dim == 384
+    assert (plain.dim, plain.max_length, plain.num_layers) == (384, 256, 6)  # from its files: nothing loaded
+    assert not plain.loaded
     assert torch.allclose(prompted.encode(["a cat"]), plain.encode(["query: a cat"]), atol=1e-5)
 
 
@@ -47,3 +56,60 @@ def test_missing_teacher_and_empty_ensemble(tmp_path):
         HuggingFaceTeacher(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SentenceTransformerTeacher(str(tmp_path / "nowhere"))
+
+
+def test_a_teacher_is_a_description_until_it_encodes(minilm_path):
+    st = SentenceTransformerTeacher(minilm_path, name="st")
+    hf = HuggingFaceTeacher(minilm_path, name="hf", num_layers=3, max_length=64)
+    described = [fingerprint(st), fingerprint(hf)]
+    assert not st.loaded and not hf.loaded
+    assert (described[1]["dim"], described[1]["num_layers"], described[1]["max_length"]) == (384, 3, 64)
+    st.encode(["a cat"]), hf.encode(["a cat"])
+    assert st.loaded and hf.loaded
+    assert st.model.max_seq_length == st.max_length and hf.model.config.num_hidden_layers == 3
+    assert [fingerprint(st), fingerprint(hf)] == described  # loading changes nothing in the cache key
+
+
+def test_a_wrong_configured_dim_is_caught_when_the_model_loads(tiny_bert):
+    teacher = HuggingFaceTeacher(tiny_bert, dim=48)
+    assert teacher.dim == 48
+    with pytest.raises(ValueError, match="set dim: 32"):
+        teacher.encode(["a cat"])
+
+
+def test_a_complete_cache_trains_without_loading_any_teacher(tiny_bert, corpus_file, tmp_path, monkeypatch):
+    teachers = [
+        f"{{_target_:jasper.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:hf,max_length:32}}",
+        f"{{_target_:jasper.teachers.SentenceTransformerTeacher,model_name_or_path:'{tiny_bert}',name:st}}",
+    ]
+    args = [
+        "data=local_files",
+        f"data.source.paths=[{corpus_file}]",
+        "data.val_texts=8",
+        "data.max_texts=24",
+        f"teachers.teachers=[{','.join(teachers)}]",
+        "teachers.batch_size=8",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'stage1'}",
+        f"model.model_name_or_path={tiny_bert}",
+        "model.num_layers=2",
+        "model.mrl_dims=[16]",
+        "model.max_length=32",
+        "debug=fast",
+        "stage=1",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        precompute(compose("precompute", overrides=args))
+        cfg = compose("train", overrides=args)
+
+    def unloadable(self):
+        raise RuntimeError(f"teacher {self.name} was loaded")
+
+    for kind in (HuggingFaceTeacher, SentenceTransformerTeacher):
+        monkeypatch.setattr(kind, "load", unloadable)
+    monkeypatch.setattr(HuggingFaceTeacher, "tokenizer", property(unloadable))
+    module, datamodule, trainer = build(cfg)
+    assert module.student.fc1_dim == 64  # 32 + 32, read from the teachers' config files
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+    assert not any(t.loaded for t in datamodule.teachers.teachers)

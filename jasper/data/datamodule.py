@@ -218,13 +218,23 @@ class TextDistillDataModule(L.LightningDataModule):
             log.warning(
                 "cut %d over-long row(s) to data.max_chars=%s", self.rejected["truncated"], self.max_chars
             )
+        source = type(self.source).__name__
         if not texts:
             raise ValueError(
-                f"the data source yielded no usable text (rejected: {dict(self.rejected)}); check data.source"
+                f"the data source {source} yielded no usable text (rejected: {dict(self.rejected)}); "
+                "check data.source"
             )
         train, held_out = split_held_out(texts, self.val_texts)
         if self.max_texts is not None and len(train) > self.max_texts:
             train = random.Random(self.seed).sample(train, self.max_texts)
+        elif self.max_texts is not None and len(train) < self.max_texts:
+            log.warning(
+                "data.max_texts=%d but %s has only %d training texts (after %d held out): using all of them",
+                self.max_texts,
+                source,
+                len(train),
+                len(held_out),
+            )
         train = augment_texts(train, seed=self.seed, **self.augment)
         log.info("%d training texts (after augmentation), %d held out", len(train), len(held_out))
         return train, held_out

@@ -1,0 +1,267 @@
+"""Recipe ablations on the embedded default: each variant changes one knob of the base recipe at a fixed budget.
+
+    python experiments/recipe_ablations.py                 # run every missing variant, then write the report
+    python experiments/recipe_ablations.py base s2_lr_3e-4 # only these (and what they start from)
+    python experiments/recipe_ablations.py --report        # rewrite recipe_ablations.md / .png from the results
+
+A variant trains only the stages it changes and starts from the base run's previous stage (`start`), so stage-2
+knobs are compared after stage 2 (FC1) and stage-3 knobs after stage 3 (every head). Every stage is a `train.py`
+subprocess (the real entry point, the command is recorded); students are evaluated in-process with the demo's
+fixed dev subsets (`eval=demo`). Finished stages and evaluations are kept, so an interrupted sweep resumes.
+Results: experiments/recipe_ablations.json (raw), .md (table), .png (scores by variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "outputs" / "ablations"
+RESULTS = REPO / "experiments" / "recipe_ablations.json"
+
+# The base recipe every variant departs from (the embedded default plus these overrides).
+BASE = [
+    "data=english_prose",
+    "data.max_texts=8000",
+    "stages.stage1.module.closed_form=1e-3",
+    "stages.stage2.steps=300",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    what: str
+    overrides: list[str] = field(default_factory=list)
+    stages: tuple[int, ...] = (1, 2, 3)
+    start: str | None = None  # the variant whose stage (first stage - 1) this one starts from
+
+
+VARIANTS: dict[str, Variant] = {
+    "base": Variant("base recipe (english_prose, closed-form stage 1 + polish)"),
+    "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
+    "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
+    "s1_trained": Variant(
+        "stage 1 trained from a random FC1 (no closed form)",
+        ["stages.stage1.module.closed_form=null"],
+        stages=(1,),
+    ),
+    "s1_closed_only": Variant(
+        "stage 1 closed form, no polishing steps", ["stages.stage1.steps=0"], stages=(1,)
+    ),
+    "s1_closed_polish": Variant("stage 1 closed form + polishing steps (base stage 1)", [], stages=(1,)),
+    "s2_lr_paper": Variant(
+        "stage 2 lr 8e-5 (paper)", ["stages.stage2.module.optimizer.lr=8e-5"], stages=(2,), start="base"
+    ),
+    "s2_lr_3e-4": Variant(
+        "stage 2 lr 3e-4", ["stages.stage2.module.optimizer.lr=3e-4"], stages=(2,), start="base"
+    ),
+    "s2_lr_1e-3": Variant(
+        "stage 2 lr 1e-3", ["stages.stage2.module.optimizer.lr=1e-3"], stages=(2,), start="base"
+    ),
+    "s2_base": Variant("stage 2 as in base", [], stages=(2,), start="base"),
+    "s2_batch_128": Variant(
+        "stage 2 batch 128, steps / 4 (equal texts)", ["+s2=batch128"], stages=(2,), start="base"
+    ),
+    "s2_batch_512": Variant(
+        "stage 2 batch 512, steps / 16 (equal texts)", ["+s2=batch512"], stages=(2,), start="base"
+    ),
+    "s2_random_batches": Variant(
+        "stage 2 random batches (no length buckets)", ["data.length_buckets=false"], stages=(2,), start="base"
+    ),
+    "s2_cos_only": Variant(
+        "stage 2 loss: cosine only",
+        ["loss.similarity=0", "loss.relative_similarity=0"],
+        stages=(2,),
+        start="base",
+    ),
+    "s2_cos_sim": Variant(
+        "stage 2 loss: cosine + similarity", ["loss.relative_similarity=0"], stages=(2,), start="base"
+    ),
+    "s2_unfreeze_1": Variant(
+        "stage 2 unfreezes the last layer only",
+        ["stages.stage2.module.unfreeze_layers=1"],
+        stages=(2,),
+        start="base",
+    ),
+    "s3_base": Variant("stage 3 as in base (separate heads, teacher targets)", [], stages=(3,), start="base"),
+    "s3_prefix": Variant(
+        "stage 3 prefix (Matryoshka) heads", ["model.mrl_mode=prefix"], stages=(3,), start="base"
+    ),
+    "s3_self_distilled": Variant(
+        "stage 3 heads self-distilled from FC1",
+        ["stages.stage3.module.head_teacher=fc1"],
+        stages=(3,),
+        start="base",
+    ),
+}
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "offline",
+    }
+
+
+def train(name: str, variant: Variant) -> list[dict]:
+    """Run the variant's missing stages; return one record per stage (command, wall seconds)."""
+    records = []
+    for stage in variant.stages:
+        out = RUNS / name / f"stage{stage}"
+        command = [
+            sys.executable,
+            "train.py",
+            f"stage={stage}",
+            f"run_name=ablations/{name}",
+            *BASE,
+            *variant.overrides,
+        ]
+        if variant.start and stage == variant.stages[0] and stage > 1:
+            command.append(
+                f"stages.stage{stage}.init_from={RUNS / variant.start / f'stage{stage - 1}' / 'student.pt'}"
+            )
+        if not (out / "student.pt").exists():
+            start = time.perf_counter()
+            print("$", " ".join(command[1:]), flush=True)
+            subprocess.run(command, cwd=REPO, env=env(), check=True)
+            records.append(
+                {
+                    "stage": stage,
+                    "command": " ".join(["python", *command[1:]]),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+    return records
+
+
+def evaluate(paths: dict[str, Path]) -> dict[str, dict]:
+    """Every head of each student on the demo's dev subsets: {name: {head: {metric: value}}}."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import jasper.config  # noqa: F401  (resolvers)
+    from jasper.evaluation.runner import evaluate as run_evaluation
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["eval=demo"])
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config["eval"] = OmegaConf.to_container(cfg.eval, resolve=True)
+    config.update(
+        models={n: str(p) for n, p in paths.items()}, teacher=None, run_name=None, out_dir=str(RUNS / "eval")
+    )
+    rows, _ = run_evaluation(config, REPO)
+    scores: dict[str, dict] = {}
+    for row in rows:
+        scores.setdefault(row.model, {})[row.head] = row.metrics
+    return scores
+
+
+METRICS = [("stsb-dev", "spearman"), ("sickr", "spearman"), ("dbpedia", "ndcg@10")]
+
+
+def metric(scores: dict, name: str, kind: str) -> float | None:
+    """One number out of a head's metrics, whose keys name the set and the measure (``stsb-dev spearman``)."""
+    for key, value in scores.items():
+        if key.startswith(name) and key.endswith(kind):
+            return value
+    return None
+
+
+def write_report(results: dict) -> None:
+    """recipe_ablations.md (one table: each variant's FC1 and heads) and .png (FC1 scores by variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    header = (
+        "| variant | what | stage | "
+        + " | ".join(f"fc1 {n}" for n, _ in METRICS)
+        + " | heads stsb-dev | wall s |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, result in results.items():
+        scores = result["scores"]
+        fc1 = [metric(scores["fc1"], n, k) for n, k in METRICS]
+        heads = [h for h in scores if h != "fc1"]
+        head_sts = ", ".join(f"{h}: {metric(scores[h], 'stsb-dev', 'spearman'):.3f}" for h in heads)
+        stage = result["stages"][-1]
+        wall = sum(r["seconds"] for r in result["runs"])
+        lines.append(
+            f"| {name} | {result['what']} | {stage} | "
+            + " | ".join(f"{v:.4f}" for v in fc1)
+            + f" | {head_sts if stage == 3 else '-'} | {wall:.0f} |"
+        )
+    (RESULTS.with_suffix(".table.md")).write_text("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(max(8, len(results) * 0.7), 4.5))
+    width = 0.8 / len(METRICS)
+    for i, (n, k) in enumerate(METRICS):
+        values = [metric(r["scores"]["fc1"], n, k) for r in results.values()]
+        axis.bar([j + i * width for j in range(len(results))], values, width, label=f"{n} {k}")
+    axis.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(results))], list(results), rotation=60, ha="right"
+    )
+    axis.set_ylabel("FC1 score (eval=demo subsets)")
+    axis.legend(loc="lower right")
+    axis.set_ylim(0, 1)
+    figure.tight_layout()
+    figure.savefig(RESULTS.with_suffix(".png"), dpi=120)
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help="variants to run (default: all)")
+    parser.add_argument("--report", action="store_true", help="only rewrite the report from the results")
+    args = parser.parse_args()
+    results = load()
+    if not args.report:
+        names = args.names or list(VARIANTS)
+        unknown = set(names) - set(VARIANTS)
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+        for name in names:
+            variant = VARIANTS[name]
+            if variant.start and variant.start not in names and variant.start not in results:
+                names.insert(names.index(name), variant.start)
+        for name in dict.fromkeys(names):
+            if name in results:
+                continue
+            variant = VARIANTS[name]
+            if variant.start:
+                train(variant.start, VARIANTS[variant.start])
+            runs = train(name, variant)
+            student = RUNS / name / f"stage{variant.stages[-1]}" / "student.pt"
+            scores = evaluate({name: student})[name]
+            results = load()  # another process may have written meanwhile
+            results[name] = {
+                "what": variant.what,
+                "overrides": variant.overrides,
+                "stages": list(variant.stages),
+                "start": variant.start,
+                "runs": runs,
+                "scores": scores,
+            }
+            RESULTS.write_text(json.dumps(results, indent=1))
+            print(name, json.dumps(scores.get("fc1")), flush=True)
+    write_report(results)
+
+
+if __name__ == "__main__":
+    main()
