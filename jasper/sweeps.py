@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
-ITEM_SEP = "+"  # hydra.job.config.override_dirname.item_sep in conf/train.yaml: values may hold commas
+ITEM_SEP = "__"  # hydra.job.config.override_dirname.item_sep in conf/train.yaml: values hold commas, keys "+"
+FOLDER_SEP = "+"  # between the overrides of a folder name
 MAX_NAME = 100
 UNSAFE = re.compile(r"[\[\]{}()'\" ]")  # dropped from override values in folder names
 # Keys that only matter from a given stage on: the MRL heads are trained (and read) from stage 3 only.
@@ -47,14 +48,14 @@ def readable_subdir(override_dirname: str, stage: int) -> str:
     last part of each key, the whole key when two would read alike), or under a hash of them when too long."""
     if not override_dirname:
         return f"stage{stage}"
-    items = [item.split("=", 1) for item in override_dirname.split(ITEM_SEP)]
+    items = [item.partition("=")[::2] for item in override_dirname.split(ITEM_SEP)]
     short = [key.split(".")[-1] for key, _ in items]
     parts = []
     for (key, value), name in zip(items, short, strict=True):
         name = key if short.count(name) > 1 else name
         clean = UNSAFE.sub("", value).replace("/", "-")
-        parts.append(f"{name.lstrip('+~')}={clean}")
-    folder = ITEM_SEP.join(parts)
+        parts.append(f"{name.lstrip('+~')}={clean}" if clean else name.lstrip("+~"))
+    folder = FOLDER_SEP.join(parts)
     if len(folder) > MAX_NAME:
         digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
         folder = f"{folder[: MAX_NAME - 9]}-{digest}"

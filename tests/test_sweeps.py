@@ -14,8 +14,11 @@ from jasper.sweeps import first_stage_changed, readable_subdir, summarise, write
 def test_job_folders_are_readable():
     assert readable_subdir("", 2) == "stage2"
     assert readable_subdir("model.mrl_dims=[128,64]", 3) == "mrl_dims=128,64/stage3"
-    assert readable_subdir("loss.similarity=100+loss.margin=0.01", 1) == "similarity=100+margin=0.01/stage1"
-    lrs = "stages.stage2.module.optimizer.lr=1e-4+stages.stage3.module.optimizer.lr=5e-5"
+    assert (
+        readable_subdir("+loss.similarity=1e+03__loss.margin=0.01", 1)
+        == "similarity=1e+03+margin=0.01/stage1"
+    )
+    lrs = "stages.stage2.module.optimizer.lr=1e-4__stages.stage3.module.optimizer.lr=5e-5"
     assert readable_subdir(lrs, 3) == (
         "stages.stage2.module.optimizer.lr=1e-4+stages.stage3.module.optimizer.lr=5e-5/stage3"
     )
@@ -117,7 +120,7 @@ def test_hparams_search_optuna_composes():
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
-    assert cfg.hydra.sweeper._target_ == "jasper.sweeps.OptunaSweeper"
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.jasper_sweeper.optuna_sweeper.JasperOptunaSweeper"
     assert set(cfg.hydra.sweeper.params) >= {
         "loss.similarity",
         "loss.margin",
