@@ -14,7 +14,7 @@ from jasper.evaluation.runner import evaluate, missing_data_note
 REPO = Path(__file__).resolve().parent
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf/evaluate", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     note = missing_data_note(config, REPO)

@@ -4,12 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.train import run
+from jasper.train import RunRefused, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    try:
+        return run(cfg)
+    except RunRefused as error:  # a configuration this machine cannot run: one line, no traceback
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def read_student_state(path: str | Path) -> tuple[dict | None, dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no student weights at {path}: point stage.init_from at a student.pt or .ckpt file"
+            f"no student weights at {path}: point stages.stageN.init_from at a student.pt or .ckpt file"
         )
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" in payload and "config" in payload:
@@ -47,7 +47,7 @@ def load_student_weights(student: Student, path: str | Path) -> None:
     if config is not None and config["fc1_dim"] != student.fc1_dim:
         raise ValueError(
             f"{path} has FC1 of dimension {config['fc1_dim']} but the configured teachers give {student.fc1_dim}: "
-            "use the same teachers as the stage that wrote it, or start from the pretrained encoder (stage.init_from=null)"
+            "use the same teachers as the stage that wrote it, or start from the pretrained encoder (stages.stageN.init_from=null)"
         )
     result = student.load_state_dict(state, strict=False)
     wrong = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.startswith("heads.")]
@@ -62,25 +62,75 @@ def load_student_weights(student: Student, path: str | Path) -> None:
     log.info("student initialised from %s", path)
 
 
-def resolve_init_from(init_from: str | None, stage_index: int, output_dir: str | Path) -> Path | None:
-    """``auto``: the previous stage's ``student.pt`` beside this stage's output folder, if that stage has run."""
+def resolve_init_from(
+    init_from: str | None,
+    stage_index: int,
+    output_dir: str | Path,
+    run_dir: str | Path | None = None,
+    first_changed: int = 1,
+) -> Path | None:
+    """``auto``: the previous stage's ``student.pt`` beside this stage's output folder, if that stage has run; else
+    (a swept job whose overrides change no stage below this one: ``first_changed >= stage_index``) the run's own
+    ``<run_dir>/stage<k-1>/student.pt``. Logs which student the stage starts from."""
     if init_from is None:
+        log.info(
+            "stage %d starts from the pretrained encoder (stages.stage%d.init_from=null)",
+            stage_index,
+            stage_index,
+        )
         return None
     if init_from != "auto":
+        log.info("stage %d starts from %s (stages.stage%d.init_from)", stage_index, init_from, stage_index)
         return Path(init_from)
     if stage_index <= 1:
         return None
     previous = Path(output_dir).parent / f"stage{stage_index - 1}" / STUDENT_FILE
     if previous.is_file():
+        log.info("stage %d starts from %s (the previous stage beside it)", stage_index, previous)
         return previous
+    runs = Path(run_dir) / f"stage{stage_index - 1}" / STUDENT_FILE if run_dir is not None else None
+    if runs is not None and first_changed >= stage_index and runs.is_file():
+        log.info(
+            "stage %d starts from %s: the run's stage %d (this job's overrides change no stage below %d)",
+            stage_index,
+            runs,
+            stage_index - 1,
+            stage_index,
+        )
+        return runs
     log.warning(
         "stage %d starts from the pretrained encoder: %s does not exist (run stage %d first in the same run_name, "
-        "or set stage.init_from=PATH)",
+        "or set stages.stage%d.init_from=PATH)",
         stage_index,
         previous,
         stage_index - 1,
+        stage_index,
     )
     return None
+
+
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The Lightning checkpoint written last under ``folder`` (``last.ckpt`` or a ``step=N`` one: an interrupt
+    between the two writes leaves the other one older), or None."""
+    found = [p for p in Path(folder).glob("*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt")) if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | None:
+    """``last``: the newest checkpoint in this stage's ``checkpoints`` folder, an error when there is none; a path
+    must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        newest = newest_checkpoint(checkpoints)
+        if newest is None:
+            raise FileNotFoundError(
+                f"ckpt_path=last but {checkpoints} holds no checkpoint: drop ckpt_path to start the stage fresh"
+            )
+        return str(newest)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt path, or ckpt_path=last")
+    return ckpt_path
 
 
 class SaveStudent(L.Callback):

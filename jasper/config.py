@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from omegaconf import OmegaConf
 
 from jasper.packaged import MPNET, packaged_model
+from jasper.sweeps import readable_subdir
 
 
 def packaged_minilm() -> str:
@@ -37,14 +37,10 @@ def wandb_offline() -> bool:
 
 
 def sweep_subdir(overrides: str, stage: int) -> str:
-    """A multirun job's folder: ``stage<k>``, under a short hash of its other overrides when it has any.
-
-    Jobs that differ only in ``stage`` share a parent folder, so stage k finds stage k-1 beside it; the hash keeps
-    long override lists out of the path (they are in each job's .hydra/overrides.yaml).
-    """
-    if not overrides:
-        return f"stage{stage}"
-    return f"overrides-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}/stage{stage}"
+    """A multirun job's folder: ``stage<k>`` under its other overrides written readably (``mrl_dims=128,64/stage3``;
+    see `jasper.sweeps.readable_subdir`). Jobs that differ only in ``stage`` share a parent folder, so stage k finds
+    stage k-1 beside it; the full overrides are in each job's .hydra/overrides.yaml."""
+    return readable_subdir(overrides, stage)
 
 
 def register_resolvers() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ import torch
 import yaml
 from torch import nn
 
-from jasper.checkpoints import read_student_state
+from jasper.checkpoints import STUDENT_FILE, read_student_state
 from jasper.student import FC1, Student
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ def export_student(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = export_info(student)
+    train_config = public_config(train_config) if train_config is not None else None
+    source = display_name(source) if source else None
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         model = build_sentence_transformer(student, tmp)
         model.save(str(out_dir), create_model_card=False)
@@ -269,6 +272,8 @@ def export_checkpoint(
         raise ValueError("out must differ from ckpt")
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         shutil.rmtree(out_dir)  # a stale export would leave old modules behind
+    if scores is None:
+        scores = student_scores(ckpt) or None
     out = export_student(student, out_dir, train_config=train_config, scores=scores, source=str(ckpt))
     tower = Path(ckpt).parent / VISION_FILE
     if Path(ckpt).is_file() and tower.is_file():  # a stage-4 run: the image path goes along
@@ -307,7 +312,72 @@ def load_multimodal(export_dir: str | Path) -> Student:
     return student
 
 
-# Model card.
+# Model card: models named by their names, never by a path of the machine that trained them.
+GENERIC_PARTS = {"model", "models", "snapshots", "export", "checkpoints", STUDENT_FILE}
+PLUMBING_KEYS = ("paths", "callbacks", "hydra")  # where a run wrote its files: nothing about the model
+
+
+def display_name(value: str) -> str:
+    """A model or file as a reader elsewhere knows it: hub ids as they are; the packaged all-MiniLM-L6-v2 by its
+    hub name; a Hugging Face cache snapshot by its repo id; any other local path by its last meaningful parts
+    (``outputs/mine/stage3/student.pt`` -> ``mine/stage3``)."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if not (text.startswith(("/", "~", "./", "../")) or path.exists()):
+        return text  # a hub id (or a plain name)
+    from jasper.config import packaged_minilm
+
+    try:
+        if path.resolve() == Path(packaged_minilm()).resolve():
+            return "sentence-transformers/all-MiniLM-L6-v2"
+    except ImportError:
+        pass
+    for part in path.parts:
+        if part.startswith("models--"):  # ~/.cache/huggingface/hub/models--org--name/snapshots/<hash>
+            return part.removeprefix("models--").replace("--", "/")
+    parts = [p for p in path.parts if p not in ("/", "~", ".", "..")]
+    named = [p for p in parts if p not in GENERIC_PARTS and not (len(p) == 40 and p.isalnum())]
+    keep = (
+        named[-2:]
+        if parts and (parts[-1] in GENERIC_PARTS or path.suffix in (".pt", ".ckpt"))
+        else named[-1:]
+    )
+    return "/".join(keep) or path.name
+
+
+def public_config(config: Mapping) -> dict:
+    """The training config as the model card shows it: run plumbing (`PLUMBING_KEYS`) left out, every absolute
+    path named with `display_name`."""
+
+    def clean(value):
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, str) and value.startswith(("/", "~")):
+            return display_name(value)
+        return value
+
+    return {k: clean(v) for k, v in config.items() if k not in PLUMBING_KEYS}
+
+
+def student_scores(ckpt: str | Path) -> list:
+    """This student's rows of the evaluation tables of its run (``<run>/eval/*/results.json``, as
+    ``python evaluate.py run_name=RUN`` writes them), or none: a stage folder's student is the table's ``stageN``
+    model (or its path under the run, for sweep jobs)."""
+    from jasper.evaluation.report import load_json
+
+    stage = next((p for p in [Path(ckpt), *Path(ckpt).parents] if re.fullmatch(r"stage\d+", p.name)), None)
+    if stage is None:
+        return []
+    for run in list(stage.parents)[:3]:
+        names = {stage.name, str(stage.relative_to(run))}
+        rows = [r for table in sorted(run.glob("eval/*/results.json")) for r in load_json(table)]
+        if any(r.model in names for r in rows):
+            return [r for r in rows if r.model in names]
+    return []
+
+
 def _scores_table(scores: str | Path | Sequence) -> str:
     from jasper.evaluation.report import load_json, markdown_table
 
@@ -333,7 +403,7 @@ def model_card(
         "# Jasper/Stella-distilled student",
         "",
         (
-            f"Encoder initialised from `{student.model_name_or_path}`"
+            f"Encoder initialised from `{display_name(student.model_name_or_path)}`"
             if student.model_name_or_path
             else f"Encoder built from a `{student.encoder.config.model_type}` config (random initial weights)"
         )

@@ -224,6 +224,31 @@ def test_verify_detects_corruption_and_non_finite_rows(tmp_path, reference, teac
     assert "PROBLEM" in capsys.readouterr().out
 
 
+def test_a_damaged_cache_is_refused_on_load_naming_the_file(tmp_path, reference, teacher, texts):
+    from jasper.cache import CacheDamaged
+
+    root = tmp_path / "copy"
+    shutil.copytree(reference.root, root)
+    folder = TeacherCache(root).teacher_dir(teacher)
+    TeacherCache(root).reader([teacher])  # sound: opens
+    shard = folder / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit: training would read it silently without the check
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheDamaged, match="shard-00001.npy differs from the manifest's digest") as error:
+        TeacherCache(root).reader([teacher])
+    assert "python precompute.py" in str(error.value) and "manifest.json" in str(error.value)
+    shard.write_bytes(bytes(data[: len(data) // 2]))  # truncated: not numpy's bare mmap error
+    with pytest.raises(CacheDamaged, match="shard-00001.npy is truncated or unreadable"):
+        TeacherCache(root).reader([teacher])
+    shard.unlink()
+    (folder / "manifest.json").unlink()  # the rebuild the message names: only that shard is encoded again
+    cache = TeacherCache(root)
+    cache.build(texts, [teacher], batch_size=2, show_progress=False)
+    assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
+    cache.reader([teacher])
+
+
 def test_nan_vectors_are_never_written(tmp_path, texts, teacher):
     class Broken:
         name, dim = "broken", 4

@@ -6,6 +6,7 @@ import torch
 
 from jasper.data.augment import augment, chunk_sentences, split_sentences
 from jasper.data.datamodule import TextDistillDataModule, clean_rows, split_held_out
+from jasper.data.files import LocalFiles, RejectedRow
 from jasper.data.sources import TextFiles
 from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
 
@@ -136,3 +137,44 @@ def test_length_buckets_cover_every_row_once_in_similar_length_batches():
     assert first != second  # a new order every epoch
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first) / len(first)
     assert spread < 50  # random batches of 10 from 1..500 spread ~400
+
+
+def test_messy_jsonl_rows_are_rejected_and_counted_with_file_and_line(tmp_path, caplog):
+    path = tmp_path / "messy.jsonl"
+    lines = [
+        json.dumps({"text": "a good row"}),
+        json.dumps({"text": 123}),  # a number as text
+        '{"text": "broken',  # one broken JSON line
+        "",
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": "another good row"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    rows = list(LocalFiles([str(path)]))
+    assert rows == [
+        "a good row",
+        RejectedRow("non-text", f"{path}:2"),
+        RejectedRow("broken JSON", f"{path}:3"),
+        RejectedRow("no 'text'", f"{path}:5"),
+        "another good row",
+    ]
+    places: dict = {}
+    texts, rejected = clean_rows(rows, places=places)
+    assert texts == ["a good row", "another good row"]
+    assert rejected == {"non-text": 1, "broken JSON": 1, "no 'text'": 1}
+    assert places["broken JSON"] == [f"{path}:3"]
+    module = TextDistillDataModule(LocalFiles([str(path)]), None, tokenize=None, val_texts=1)
+    with caplog.at_level("WARNING"):
+        train, held_out = module.prepare_texts()
+    assert len(train) + len(held_out) == 2
+    assert f"broken JSON at {path}:3" in caplog.text and f"non-text at {path}:2" in caplog.text
+
+
+def test_a_file_that_is_not_jsonl_fails_at_once_naming_it(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text("just some words\nand more words\n")
+    with pytest.raises(ValueError, match=f"{path} is not JSONL"):
+        LocalFiles([str(path)])
+    path.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(KeyError, match="text_field"):
+        LocalFiles([str(path)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,29 +221,84 @@ def test_missing_data_is_named_or_skipped(tmp_path):
 
     missing = tmp_path / "nowhere"
     with pytest.raises(EvaluationDataError, match="nowhere"):
-        load_sets({"data_dir": str(missing)}, REPO)
+        load_sets({"data_dir": str(missing), "sts": ["stsb-dev.tsv"]}, REPO)
     assert "nowhere" in missing_data_note({"eval": {"data_dir": str(missing), "skip_if_missing": True}}, REPO)
     assert missing_data_note({"eval": {"data_dir": str(missing)}}, REPO) is None
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model("./no/such/student.pt", "x", REPO)
 
 
+def test_sets_as_lists_of_paths_or_mappings(data_dir, tmp_path):
+    from jasper.evaluation.runner import load_sets, set_specs
+
+    assert set_specs(["a/my_pairs.tsv", {"path": "b.tsv", "name": "bee", "max_pairs": 3}], "sts") == {
+        "my_pairs": {"path": "a/my_pairs.tsv", "name": "my_pairs"},
+        "bee": {"path": "b.tsv", "name": "bee", "max_pairs": 3},
+    }
+    assert set_specs({"x": "x.tsv"}, "sts") == {"x": {"path": "x.tsv", "name": "x"}}
+    assert list(set_specs(["data/beir-folder/"], "retrieval")) == ["beir-folder"]
+    with pytest.raises(ValueError, match="two sets named"):
+        set_specs(["a/s.tsv", "b/s.tsv"], "sts")
+    # Relative paths: under data_dir, else under the repository root (here: tmp_path), even with no data_dir.
+    (tmp_path / "mine.tsv").write_text((data_dir / "sts.tsv").read_text())
+    sets = load_sets({"data_dir": str(tmp_path / "absent"), "sts": ["mine.tsv"], "retrieval": []}, tmp_path)
+    assert list(sets.sts) == ["mine"] and len(sets.sts["mine"]) == len(STS)
+    sets = load_sets({"data_dir": str(data_dir), "sts": ["sts.tsv"], "retrieval": ["beir"]}, tmp_path)
+    assert list(sets.sts) == ["sts"] and list(sets.retrieval) == ["beir"]
+
+
+def test_evaluate_py_as_documented(student, data_dir, tmp_path):
+    """Through the real entry point: model=PATH and models={name: PATH} as written, sets as lists of paths,
+    results under <runs_dir>/eval/ without run_name, a progress bar while encoding."""
+    path = _save(student, tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            f"model={path}",
+            f"models={{again: {path}}}",
+            f"eval.sts=[{data_dir / 'sts.tsv'}]",
+            f"eval.retrieval=[{data_dir / 'beir'}]",
+            f"runs_dir={tmp_path / 'runs'}",
+            "batch_size=4",
+            "teacher=null",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "runs" / "eval" / "dev" / "results.json").read_text())
+    assert [(r["model"], r["head"]) for r in rows] == [
+        (m, h) for m in ("s/student.pt", "again") for h in ("fc1", "16", "8")
+    ]
+    assert set(rows[0]["metrics"]) == {"sts", "beir ndcg@10"}
+    assert "encoding s/student.pt" in result.stderr  # tqdm
+
+
 def test_eval_configs_compose():
     from hydra import compose, initialize_config_dir
 
     import jasper.config  # noqa: F401
+    from jasper.evaluation.runner import default_out_dir, set_specs
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf" / "evaluate"), version_base="1.3"):
         for name in ("dev", "quick", "demo"):
             cfg = compose("evaluate", overrides=[f"eval={name}", "run_name=demo"])
-            assert cfg.eval.name == name and cfg.out_dir == f"outputs/demo/eval/{name}"
+            assert cfg.eval.name == name and default_out_dir(cfg) == f"outputs/demo/eval/{name}"
             assert (REPO / cfg.eval.data_dir).resolve() == (REPO.parent / "shared" / "data" / "dev").resolve()
-        demo = compose("evaluate", overrides=["eval=demo"]).eval
+            assert list(set_specs(cfg.eval.sts, "sts")) == ["stsb-dev", "sickr"]
+            assert list(set_specs(cfg.eval.retrieval, "retrieval")) == ["dbpedia"]
+        demo = compose("evaluate", overrides=["eval=demo"])
+        assert default_out_dir(demo) == "outputs/eval/demo"  # no run_name: not outputs/None/...
         assert (
-            demo.skip_if_missing
-            and demo.sts.sickr.max_pairs == 1000
-            and demo.retrieval.dbpedia.max_docs == 1000
+            demo.eval.skip_if_missing
+            and set_specs(demo.eval.sts, "sts")["sickr"]["max_pairs"] == 1000
+            and set_specs(demo.eval.retrieval, "retrieval")["dbpedia"]["max_docs"] == 1000
         )
+        mine = compose("evaluate", overrides=["model=a/b.pt", "models={x: c.pt}", "eval.sts=[m.tsv]"])
+        assert mine.model == "a/b.pt" and mine.models == {"x": "c.pt"} and list(mine.eval.sts) == ["m.tsv"]
 
 
 def test_run_models_lists_teacher_init_and_stages(tmp_path):

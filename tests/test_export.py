@@ -207,3 +207,33 @@ def test_student_from_a_config_with_another_models_tokenizer(minilm_path, tmp_pa
 def test_an_ordinary_student_needs_no_load_kwargs(tiny_qwen2, tmp_path):
     out = export_student(_student(tiny_qwen2, "separate"), tmp_path / "export")
     assert "load_kwargs" not in json.loads((out / EXPORT_FILE).read_text())
+
+
+def test_model_card_names_models_not_paths_and_carries_the_runs_scores(tiny_bert, minilm_path, tmp_path):
+    from jasper.evaluation.report import ResultRow, save_json
+    from jasper.export import display_name
+
+    assert display_name(minilm_path) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert display_name("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+    assert (
+        display_name("/home/me/.cache/huggingface/hub/models--org--name/snapshots/" + "a" * 40) == "org/name"
+    )
+    assert display_name("/data/run7/stage3/student.pt") == "run7/stage3"
+    run = tmp_path / "machine-specific" / "mine"
+    save_student(_student(tiny_bert, "separate"), run / "stage3" / "student.pt")
+    (run / "stage3" / ".hydra").mkdir()
+    config = {
+        "model": {"model_name_or_path": tiny_bert},
+        "teachers": {"teachers": [{"model_name_or_path": minilm_path}]},
+        "paths": {"run_dir": str(run), "output_dir": str(run / "stage3")},
+        "data": {"source": {"paths": [str(tmp_path / "corpus" / "texts.jsonl")]}},
+    }
+    (run / "stage3" / ".hydra" / "config.yaml").write_text(json.dumps(config))
+    (run / "eval" / "demo").mkdir(parents=True)
+    rows = [ResultRow(m, "fc1", 48, {"stsb-dev": s}) for m, s in [("init", 0.1), ("stage3", 0.75)]]
+    save_json(rows, run / "eval" / "demo" / "results.json")
+    card = (export_checkpoint(run / "stage3" / "student.pt", tmp_path / "out") / "README.md").read_text()
+    assert str(tmp_path) not in card and "/tmp" not in card  # no path of this machine
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card and "exported from `mine/stage3`" in card
+    assert "## Scores" in card and "0.75" in card and "| init" not in card  # this student's rows only
+    assert "texts.jsonl" in card  # the data file, by name

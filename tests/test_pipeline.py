@@ -74,6 +74,8 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
         -2000:
     ]  # auto init_from
     assert "student initialised from" in (job_dir / "stage3" / "train.log").read_text()
+    summary = (tmp_path / "sweep_summary.md").read_text()  # the multirun's summary, one row per stage job
+    assert all(f"/stage{k} |" in summary for k in (1, 2, 3)) and "val/spearman_fc1" in summary
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "paths.output_dir=unused"])
     report(cfg)
@@ -87,19 +89,29 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
         assert rows["stage3"][f"spearman {head}"] > init[f"spearman {head}"] + 0.003
 
 
-def test_resume_from_last_checkpoint(tmp_path, corpus_file, cache_dir):
+def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tmp_path, corpus_file, cache_dir):
+    """Stage 1 stopped at step 2 of 4 (trainer.max_steps=2: the schedule is still the 4-step one) and resumed
+    with ckpt_path=last ends with the weights of a run that was never interrupted: the same batches, in order
+    (tests/test_batching.py checks the batches themselves)."""
     overrides = [
         *small_run(tmp_path, corpus_file, cache_dir, steps=4, batch=8),
         "stage=1",
         "callbacks.lr_monitor=null",
+        "stages.stage1.checkpoint_every=2",
     ]
-    train([*overrides, "stages.stage1.checkpoint_every=2", "stages.stage1.steps=2"])
+    train([*overrides, "trainer.max_steps=2"])
     first = torch.load(tmp_path / "stage1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert first["global_step"] == 2
-    result = train([*overrides, "stages.stage1.steps=4", "ckpt_path=last"])
+    result = train([*overrides, "ckpt_path=last"])
     assert "Restoring states from the checkpoint path" in result.stdout + result.stderr
     resumed = torch.load(tmp_path / "stage1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4
+    whole = tmp_path / "whole"
+    train([*overrides, f"paths.run_dir={whole}"])
+    expected = torch.load(whole / "stage1" / "student.pt")["state_dict"]
+    torch.testing.assert_close(
+        torch.load(tmp_path / "stage1" / "student.pt")["state_dict"], expected, rtol=0, atol=0
+    )
 
 
 def test_ddp_two_cpu_processes(tmp_path, corpus_file, cache_dir):

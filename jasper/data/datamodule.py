@@ -12,23 +12,39 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from jasper.cache import CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
-from jasper.data.batching import LengthBucketBatchSampler
+from jasper.data.batching import (
+    EpochRandomSampler,
+    LengthBucketBatchSampler,
+    ResumableBatchSampler,
+    ResumableDataLoader,
+)
+from jasper.data.files import RejectedRow
 from jasper.teachers import TeacherEnsemble, check_finite
 
 log = logging.getLogger(__name__)
+PLACES_SHOWN = 5  # file:line places logged per rejection reason
 
 
-def clean_rows(rows: Iterable[object], max_chars: int | None = None) -> tuple[list[str], Counter]:
+def clean_rows(
+    rows: Iterable[object], max_chars: int | None = None, places: dict[str, list[str]] | None = None
+) -> tuple[list[str], Counter]:
     """Keep non-empty strings (stripped, cut to ``max_chars``) and exact first occurrences; count every row
-    rejected by reason (``empty``, ``non-text``, ``duplicate``) and the kept ones cut short (``truncated``)."""
+    rejected by reason (``empty``, ``non-text``, ``duplicate``, or a `RejectedRow`'s own reason, such as
+    ``broken JSON``) and the kept ones cut short (``truncated``). ``places`` collects where the first
+    `PLACES_SHOWN` rows of each `RejectedRow` reason were (``file:line``)."""
     texts: list[str] = []
     seen: set[bytes] = set()  # 16-byte digests, not the texts: flat in the texts' length
     rejected: Counter = Counter()
     for row in rows:
+        if isinstance(row, RejectedRow):
+            rejected[row.reason] += 1
+            if places is not None and len(places.setdefault(row.reason, [])) < PLACES_SHOWN:
+                places[row.reason].append(row.where)
+            continue
         if not isinstance(row, str):
             rejected["non-text"] += 1
             continue
@@ -190,10 +206,14 @@ class TextDistillDataModule(L.LightningDataModule):
 
     def prepare_texts(self) -> tuple[list[str], list[str]]:
         """Training texts (augmented) and held-out texts, exactly as ``setup`` and ``precompute.py`` see them."""
-        texts, self.rejected = clean_rows(self.source, self.max_chars)
+        places: dict[str, list[str]] = {}
+        texts, self.rejected = clean_rows(self.source, self.max_chars, places)
         dropped = {k: v for k, v in self.rejected.items() if k != "truncated"}
         if dropped:
-            log.warning("rejected %d row(s): %s", sum(dropped.values()), dropped)
+            where = "; ".join(f"{reason} at {', '.join(p)}" for reason, p in places.items())
+            log.warning(
+                "rejected %d row(s): %s%s", sum(dropped.values()), dropped, f" ({where})" if where else ""
+            )
         if self.rejected["truncated"]:
             log.warning(
                 "cut %d over-long row(s) to data.max_chars=%s", self.rejected["truncated"], self.max_chars
@@ -296,24 +316,21 @@ class TextDistillDataModule(L.LightningDataModule):
         self.val_set = DistillTextDataset(held_out, val_vectors)
 
     def train_dataloader(self) -> DataLoader:
-        common = {
-            "collate_fn": self.collate,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if not self.length_buckets:
-            return DataLoader(
-                self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, **common
-            )
-        generator = torch.Generator().manual_seed(self.seed)
-        batches = LengthBucketBatchSampler(
-            RandomSampler(self.train_set, generator=generator),
-            self.batch_size,
-            drop_last=True,
-            lengths=[len(t) for t in self.train_set.texts],
-            seed=self.seed,
+        """Seeded per epoch and resumable mid-epoch (jasper/data/batching.py): a run resumed from a checkpoint sees
+        exactly the batches an uninterrupted one would."""
+        sampler = EpochRandomSampler(self.train_set, seed=self.seed)
+        if self.length_buckets:
+            lengths = [len(t) for t in self.train_set.texts]
+            batches = LengthBucketBatchSampler(sampler, self.batch_size, True, lengths, seed=self.seed)
+        else:
+            batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=True)
+        return ResumableDataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
-        return DataLoader(self.train_set, batch_sampler=batches, **common)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

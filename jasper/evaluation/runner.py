@@ -7,7 +7,7 @@ seen for every head at once (students: tokenize -> pooled -> project to all head
 before the Router once, then each route), and students sharing an encoder (init and stage 1, whose encoder is
 frozen) share the pooled states too.
 
-Sets (config group conf/eval/): STS TSV files, BEIR folders, teacher fidelity on held-out texts, MTEB tasks (local
+Sets (config group conf/evaluate/eval/): STS TSV files, BEIR folders, teacher fidelity on held-out texts, MTEB tasks (local
 files through `mteb_adapter`, or MTEB's own by name), instruction robustness. Each set may be a fixed subset
 (``max_pairs`` for STS; ``max_docs`` for retrieval: whole queries with all their judged documents, filled up with
 random other documents), described in the report's caption.
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from jasper.evaluation.encoder import Encoder
 from jasper.evaluation.fidelity import teacher_fidelity
@@ -140,14 +141,18 @@ def _export_info(folder: str | Path | None) -> dict | None:
 
 
 class VectorCache:
-    """Encodes each distinct text once (for every head) and serves one `Encoder` per head from the cache."""
+    """Encodes each distinct text once (for every head) and serves one `Encoder` per head from the cache.
 
-    def __init__(self, model, batch_size: int = 64) -> None:
+    ``progress``: a progress bar of the texts encoded so far (out of ``total`` distinct texts, when known).
+    """
+
+    def __init__(self, model, batch_size: int = 64, progress: bool = False, total: int | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
         self.index: dict[str, int] = {}
         self.rows: dict[str, list[torch.Tensor]] = {h: [] for h in model.heads}
         self.seconds = 0.0
+        self.bar = tqdm(total=total, desc=f"encoding {model.name}", unit="text", disable=not progress)
 
     def encoder(self, head: str) -> Encoder:
         def encode(texts: list[str]) -> torch.Tensor:
@@ -160,10 +165,14 @@ class VectorCache:
                     self.index[text] = len(self.index)
                     for h, rows in self.rows.items():
                         rows.append(out[h][j])
+                self.bar.update(len(chunk))
             self.seconds += time.perf_counter() - start
             return torch.stack([self.rows[head][self.index[t]] for t in texts])
 
         return encode
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def load_model(
@@ -216,6 +225,14 @@ class EvalSets:
     retrieval: dict[str, BeirData] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # how each set was subsetted: the report's caption
 
+    def count(self, extra: Sequence[str] | None = None) -> int:
+        """Distinct texts in every set (plus ``extra``): what one model encodes, robustness prompts aside."""
+        texts = {s for pairs in self.sts.values() for p in pairs for s in (p[0], p[1])}
+        for data in self.retrieval.values():
+            texts.update(data.corpus.values())
+            texts.update(data.queries.values())
+        return len(texts | set(extra or ()))
+
 
 def resolve(path: str | Path, base: Path) -> Path:
     path = Path(path).expanduser()
@@ -255,26 +272,73 @@ def subset_beir(data: BeirData, max_docs: int | None, seed: int, max_queries: in
     return BeirData(corpus, {q: data.queries[q] for q in qrels}, qrels)
 
 
-def load_sets(cfg: Mapping, repo: Path) -> EvalSets:
-    """Read the STS and BEIR sets an eval config names (paths relative to ``data_dir``, itself relative to the
-    repo root); fail naming the missing path."""
-    data_dir = resolve(cfg.get("data_dir") or ".", repo)
+def set_specs(sets: Mapping | Sequence | None, kind: str) -> dict[str, dict]:
+    """``eval.sts`` / ``eval.retrieval`` as ``{name: spec}``. Either form works: a mapping ``{name: PATH or
+    {path, ...}}``, or a list of paths and ``{path, name, ...}`` entries, each named by ``name`` or else by its file
+    (STS: ``my_pairs.tsv`` -> ``my_pairs``) or folder name (retrieval)."""
+    if not sets:
+        return {}
+    if isinstance(sets, Mapping):
+        items = [
+            ({"path": spec} if isinstance(spec, str) else dict(spec), name) for name, spec in sets.items()
+        ]
+    else:
+        items = [({"path": spec} if isinstance(spec, str) else dict(spec), None) for spec in sets]
+    specs: dict[str, dict] = {}
+    for spec, name in items:
+        if "path" not in spec:
+            raise ValueError(f"eval.{kind}: every set needs a path, got {spec}")
+        spec.setdefault("name", name or _set_name(spec["path"], kind))
+        if spec["name"] in specs:
+            raise ValueError(f"eval.{kind}: two sets named {spec['name']!r}; give one a name: {{path, name}}")
+        specs[spec["name"]] = spec
+    return specs
+
+
+def _set_name(path: str, kind: str) -> str:
+    path = Path(str(path).rstrip("/"))
+    return path.stem if kind == "sts" else path.name
+
+
+def with_set_specs(ecfg: Mapping) -> dict:
+    """The eval config with ``sts`` and ``retrieval`` in the ``{name: spec}`` form (see `set_specs`)."""
+    return {
+        **ecfg,
+        "sts": set_specs(ecfg.get("sts"), "sts"),
+        "retrieval": set_specs(ecfg.get("retrieval"), "retrieval"),
+    }
+
+
+def find_set(path: str | Path, data_dir: Path, repo: Path) -> Path:
+    """A set's file or folder: absolute as given; relative, under ``data_dir``, else under the repository root."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (data_dir, repo):
+        if (base / path).exists():
+            return base / path
     if not data_dir.exists():
         raise EvaluationDataError(
-            f"evaluation data folder {data_dir} does not exist (eval.data_dir={cfg.get('data_dir')!r}, relative "
-            "to the repository root): put the dev sets there or pass eval.data_dir=PATH"
+            f"evaluation data folder {data_dir} does not exist (eval.data_dir, relative to the repository root), "
+            f"and {path} is not under {repo} either: put the dev sets there or pass eval.data_dir=PATH"
         )
+    return data_dir / path  # the loader fails naming it
+
+
+def load_sets(cfg: Mapping, repo: Path) -> EvalSets:
+    """Read the STS and BEIR sets an eval config names (paths relative to ``data_dir``, itself relative to the
+    repo root, or to the repo root); fail naming the missing path."""
+    data_dir = resolve(cfg.get("data_dir") or ".", repo)
     seed = int(cfg.get("seed", 0))
     sets = EvalSets()
-    for name, spec in (cfg.get("sts") or {}).items():
-        path = resolve(spec["path"], data_dir)
-        pairs = load_sts_tsv(path)
+    for name, spec in set_specs(cfg.get("sts"), "sts").items():
+        pairs = load_sts_tsv(find_set(spec["path"], data_dir, repo))
         kept = subset_pairs(pairs, spec.get("max_pairs"), seed)
         sets.sts[name] = kept
         how = "all" if len(kept) == len(pairs) else f"a fixed random subset (seed {seed}) of"
         sets.notes.append(f"{name}: {how} {len(kept)} of {len(pairs)} pairs, Spearman")
-    for name, spec in (cfg.get("retrieval") or {}).items():
-        data = load_beir(resolve(spec["path"], data_dir), split=spec.get("split", "test"))
+    for name, spec in set_specs(cfg.get("retrieval"), "retrieval").items():
+        data = load_beir(find_set(spec["path"], data_dir, repo), split=spec.get("split", "test"))
         kept = subset_beir(data, spec.get("max_docs"), seed, spec.get("max_queries"))
         sets.retrieval[name] = kept
         judged = len({d for q in kept.qrels.values() for d in q})
@@ -405,7 +469,7 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
     Returns the rows and the markdown (caption + table).
     """
     repo = Path(repo)
-    ecfg = cfg["eval"]
+    ecfg = with_set_specs(cfg["eval"])
     models = run_models(cfg, repo)
     sets = load_sets(ecfg, repo)
     tasks = mteb_tasks_from(ecfg, sets, repo)
@@ -422,7 +486,9 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
     for name, spec in models.items():
         start = time.perf_counter()
         model = load_model(spec, name, repo, max_length, int(cfg.get("seed", 0)), pooled_cache)
-        cache = VectorCache(model, batch_size)
+        cache = VectorCache(
+            model, batch_size, bool(cfg.get("progress", False)), total=sets.count(fidelity_texts)
+        )
         fidelity = None
         if fidelity_texts is not None:
             if teacher_vectors is None:
@@ -433,16 +499,26 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
                 cache.encoder(head), sets, ecfg, batch_size, f"{name}-{head}", fidelity, tasks
             )
             rows.append(ResultRow(model=name, head=head, dim=dim, metrics=metrics))
+        cache.close()
         timings.append((name, len(cache.index), cache.seconds, time.perf_counter() - start))
         log.info("%s: %d texts encoded in %.1f s (%.1f s in all)", *timings[-1])
         del model, cache
-    out_dir = resolve(cfg.get("out_dir") or "outputs/eval", repo)
+    out_dir = resolve(default_out_dir(cfg), repo)
     paths = write_report(rows, out_dir, stem=str(ecfg.get("stem") or "results"))
     caption = _caption(ecfg, sets, max_length, timings)
     markdown = f"{caption}\n\n{markdown_table(rows)}"
     paths["markdown"].write_text(markdown, encoding="utf-8")
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return rows, markdown
+
+
+def default_out_dir(cfg: Mapping) -> str:
+    """``out_dir``, else ``<runs_dir>/<run_name>/eval/<eval name>``, else ``<runs_dir>/eval/<eval name>``."""
+    if cfg.get("out_dir"):
+        return str(cfg["out_dir"])
+    runs = Path(str(cfg.get("runs_dir") or "outputs"))
+    owner = runs / str(cfg["run_name"]) if cfg.get("run_name") else runs
+    return str(owner / "eval" / str(cfg["eval"].get("name") or "eval"))
 
 
 def _teacher_vectors(
