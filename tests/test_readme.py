@@ -26,7 +26,7 @@ DEV_DATA = REPO.parent / "shared" / "data" / "dev"
 ENTRY_POINTS = ["train.py", "report.py", "evaluate.py", "export.py", "precompute.py"]
 
 SKIPPED = {
-    "make demo": "the whole embedded demo (about 14 minutes); its three steps are the train.py -m, report.py "
+    "make demo": "the whole embedded demo (about 10 minutes); its three steps are the train.py -m, report.py "
     "and evaluate.py commands tested here",
     "make test": "this test suite itself",
     "python train.py -m stage=1,2,3 experiment=jasper_paper": "needs the hub (NV-Embed-v2, stella 1.5B) and "
@@ -35,11 +35,12 @@ SKIPPED = {
     "embedding-training-data, NV-Embed-v2, stella 1.5B)",
 }
 # debug=readme (written into the sandbox's conf/debug/): debug=fast on the docstrings of one stdlib package, so a
-# run does not parse the whole standard library. A config, not an override: `debug` changes no job folder name
+# run builds no corpus. A config, not an override: `debug` changes no job folder name
 # and no stage a sweep job starts from.
 README_DEBUG = f"""# @package _global_
 defaults:
   - fast
+  - override /data: python_docs
 data:
   source:
     root: {Path(sysconfig.get_paths()["stdlib"]) / "email"}
