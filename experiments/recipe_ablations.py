@@ -131,6 +131,15 @@ VARIANTS: dict[str, Variant] = {
             "stages.stage3.steps=300",
         ],
     ),
+    "default_s1_closed_only": Variant(
+        "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 1 in closed form only (0 steps)",
+        [
+            "teachers=minilm6",
+            "data.source.sources=[gcide]",
+            "stages.stage2.module.optimizer.lr=1e-3",
+            "stages.stage1.steps=0",
+        ],
+    ),
     "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
 }
@@ -186,7 +195,7 @@ def evaluate(paths: dict[str, Path]) -> dict[str, dict]:
     import jasper.config  # noqa: F401  (resolvers)
     from jasper.evaluation.runner import evaluate as run_evaluation
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf" / "evaluate"), version_base="1.3"):
         cfg = compose("evaluate", overrides=["eval=demo"])
     config = OmegaConf.to_container(cfg, resolve=False)
     config["eval"] = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -200,7 +209,11 @@ def evaluate(paths: dict[str, Path]) -> dict[str, dict]:
     return scores
 
 
-METRICS = ["stsb-dev", "sickr", "dbpedia ndcg@10"]  # the keys of eval=demo's results (Spearman, Spearman, nDCG@10)
+METRICS = [
+    "stsb-dev",
+    "sickr",
+    "dbpedia ndcg@10",
+]  # the keys of eval=demo's results (Spearman, Spearman, nDCG@10)
 
 
 def rows(results: dict) -> list[tuple[str, str, dict]]:
@@ -225,9 +238,7 @@ def write_report(results: dict) -> None:
     for label, what, heads in table:
         fc1 = [heads["fc1"][m] for m in METRICS]
         trained_heads = label.endswith("stage3")
-        head_sts = ", ".join(
-            f"{h}: {heads[h]['stsb-dev']:.3f}" for h in heads if h != "fc1"
-        )
+        head_sts = ", ".join(f"{h}: {heads[h]['stsb-dev']:.3f}" for h in heads if h != "fc1")
         lines.append(
             f"| {label} | {what} | "
             + " | ".join(f"{v:.4f}" for v in fc1)
