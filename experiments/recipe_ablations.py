@@ -254,7 +254,7 @@ def write_report(results: dict) -> None:
         [j + 0.4 - width / 2 for j in range(len(table))], [r[0] for r in table], rotation=60, ha="right"
     )
     axis.set_ylabel("FC1 score (eval=demo subsets)")
-    axis.legend(loc="lower right")
+    axis.legend(loc="upper left", ncol=3)
     axis.set_ylim(0, 1)
     figure.tight_layout()
     figure.savefig(RESULTS.with_suffix(".png"), dpi=120)
