@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import jasper.config  # noqa: F401  (resolvers)
-from jasper.packaged import MPNET, part_files
+from jasper.packaged import MPNET, packaged_model
 from jasper.train import check_stage
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -35,8 +35,10 @@ def test_every_config_composes(override):
 
 
 def mpnet_installed() -> bool:
+    """The resolver finds all-mpnet-base-v2: reassembled earlier (kept in jasper's cache even if the packages have
+    gone since) or reassembled now from the installed packages."""
     try:
-        part_files(MPNET)
+        packaged_model(MPNET)
     except ImportError:
         return False
     return True
