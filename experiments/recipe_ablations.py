@@ -46,6 +46,9 @@ class Variant:
     start: str | None = None  # the variant whose stage (first stage - 1) this one starts from
 
 
+# The embedded default's departures from BASE (conf/experiment/embedded.yaml, conf/train.yaml).
+DEFAULT = ["teachers=minilm6", "data.source.sources=[gcide]", "stages.stage2.module.optimizer.lr=1e-3"]
+
 VARIANTS: dict[str, Variant] = {
     "base": Variant(
         "base: english_prose (gcide + docstrings), both teachers, closed-form stage 1 + 150 polishing steps, stage 2 lr 1e-4"
@@ -121,24 +124,25 @@ VARIANTS: dict[str, Variant] = {
         stages=(2, 3),
         start="teacher_minilm6_only",
     ),
-    "default_steps_x2": Variant(
-        "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 2 600 and stage 3 300 steps",
-        [
-            "teachers=minilm6",
-            "data.source.sources=[gcide]",
-            "stages.stage2.module.optimizer.lr=1e-3",
-            "stages.stage2.steps=600",
-            "stages.stage3.steps=300",
-        ],
+    "make_demo": Variant(
+        "the new embedded default, as `make demo` ran it (minilm6, GCIDE only, stage 2 lr 1e-3)",
+        DEFAULT,
+    ),
+    "default_s2_600": Variant(
+        "the new embedded default with stage 2 600 steps (x2)",
+        [*DEFAULT, "stages.stage2.steps=600"],
+        stages=(2, 3),
+        start="make_demo",
+    ),
+    "default_s2_lr_3e-3": Variant(
+        "the new embedded default with stage 2 lr 3e-3",
+        [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=3e-3"],
+        stages=(2, 3),
+        start="make_demo",
     ),
     "default_s1_closed_only": Variant(
         "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 1 in closed form only (0 steps)",
-        [
-            "teachers=minilm6",
-            "data.source.sources=[gcide]",
-            "stages.stage2.module.optimizer.lr=1e-3",
-            "stages.stage1.steps=0",
-        ],
+        [*DEFAULT, "stages.stage1.steps=0"],
     ),
     "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
