@@ -67,46 +67,10 @@ VARIANTS: dict[str, Variant] = {
     "s2_lr_3e-4": Variant(
         "stage 2 lr 3e-4", ["stages.stage2.module.optimizer.lr=3e-4"], stages=(2,), start="base"
     ),
-    "s2_lr_paper": Variant(
-        "stage 2 lr 8e-5 (paper)", ["stages.stage2.module.optimizer.lr=8e-5"], stages=(2,), start="base"
-    ),
     "s3_self_distilled": Variant(
         "stage 3 heads self-distilled from FC1",
         ["stages.stage3.module.head_teacher=fc1"],
         stages=(3,),
-        start="base",
-    ),
-    "s3_prefix": Variant(
-        "stage 3 prefix (Matryoshka) heads", ["model.mrl_mode=prefix"], stages=(3,), start="base"
-    ),
-    "s2_batch_128": Variant(
-        "stage 2 batch 128 for 75 steps (equal texts)",
-        ["stages.stage2.batch_size=128", "stages.stage2.steps=75", "stages.stage2.warmup_steps=3"],
-        stages=(2,),
-        start="base",
-    ),
-    "s2_batch_512": Variant(
-        "stage 2 batch 512 for 19 steps (equal texts)",
-        ["stages.stage2.batch_size=512", "stages.stage2.steps=19", "stages.stage2.warmup_steps=1"],
-        stages=(2,),
-        start="base",
-    ),
-    "s2_random_batches": Variant(
-        "stage 2 random batches (no length buckets)", ["data.length_buckets=false"], stages=(2,), start="base"
-    ),
-    "s2_cos_only": Variant(
-        "stage 2 loss: cosine only",
-        ["loss.similarity=0", "loss.relative_similarity=0"],
-        stages=(2,),
-        start="base",
-    ),
-    "s2_cos_sim": Variant(
-        "stage 2 loss: cosine + similarity", ["loss.relative_similarity=0"], stages=(2,), start="base"
-    ),
-    "s2_unfreeze_1": Variant(
-        "stage 2 unfreezes the last layer only",
-        ["stages.stage2.module.unfreeze_layers=1"],
-        stages=(2,),
         start="base",
     ),
     "teacher_minilm6_only": Variant(
@@ -140,9 +104,93 @@ VARIANTS: dict[str, Variant] = {
         stages=(2, 3),
         start="make_demo",
     ),
+    "default_s2_600_16k": Variant(
+        "the new embedded default with stage 2 600 steps and 16,000 texts",
+        [*DEFAULT, "stages.stage2.steps=600", "data.max_texts=16000"],
+    ),
+    "default_s2_600_lr_2e-3": Variant(
+        "the new embedded default with stage 2 600 steps at lr 2e-3 (30 warmup steps)",
+        [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=2e-3", "stages.stage2.steps=600", "stages.stage2.warmup_steps=30"],
+        stages=(2, 3),
+        start="make_demo",
+    ),
     "default_s1_closed_only": Variant(
         "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 1 in closed form only (0 steps)",
         [*DEFAULT, "stages.stage1.steps=0"],
+    ),
+    "d_s2_lr_paper": Variant(
+        "default, stage 2 lr 8e-5 (paper)",
+        [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=8e-5"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s2_batch_128": Variant(
+        "default, stage 2 batch 128 for 75 steps (equal texts)",
+        [*DEFAULT, "stages.stage2.batch_size=128", "stages.stage2.steps=75", "stages.stage2.warmup_steps=3"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s2_batch_512": Variant(
+        "default, stage 2 batch 512 for 19 steps (equal texts)",
+        [*DEFAULT, "stages.stage2.batch_size=512", "stages.stage2.steps=19", "stages.stage2.warmup_steps=1"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s2_random_batches": Variant(
+        "default, stage 2 random batches (no length buckets)",
+        [*DEFAULT, "data.length_buckets=false"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s2_cos_only": Variant(
+        "default, stage 2 loss: cosine only",
+        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s3_cos_only": Variant(
+        "default with the cosine loss alone, stage 3 after d_s2_cos_only (the heads get no loss: cosine needs the teacher's width, so they stay FC1's prefix)",
+        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        stages=(3,),
+        start="d_s2_cos_only",
+    ),
+    "d_cos_only_600": Variant(
+        "default with the cosine loss alone and stage 2 600 steps",
+        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0", "stages.stage2.steps=600"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_light_sim": Variant(
+        "default, stage 2 loss weights 10 / 20 / 2 (similarity terms at a tenth)",
+        [*DEFAULT, "loss.similarity=20", "loss.relative_similarity=2"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "cos_only_all": Variant(
+        "default with the cosine loss alone in stages 1 (polishing) and 2",
+        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        stages=(1, 2),
+    ),
+    "d_cos2_jasper3": Variant(
+        "default with the cosine loss alone in stage 2, the paper's three terms in stage 3 (after d_s2_cos_only)",
+        DEFAULT,
+        stages=(3,),
+        start="d_s2_cos_only",
+    ),
+    "d_s2_cos_sim": Variant(
+        "default, stage 2 loss: cosine + similarity",
+        [*DEFAULT, "loss.relative_similarity=0"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s2_unfreeze_1": Variant(
+        "default, stage 2 unfreezes the last layer only (default: 3, all of this student)",
+        [*DEFAULT, "stages.stage2.module.unfreeze_layers=1"],
+        stages=(2,),
+        start="make_demo",
+    ),
+    "d_s3_prefix": Variant(
+        "default, stage 3 prefix (Matryoshka) heads", [*DEFAULT, "model.mrl_mode=prefix"], stages=(3,), start="make_demo"
     ),
     "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),

@@ -211,6 +211,13 @@ class Stage3(DistillModule):
             raise ValueError(f"stage.module.head_init={head_init!r}: choose fc1_prefix or random")
         if head_teacher not in ("teacher", "fc1"):
             raise ValueError(f"stages.stage3.module.head_teacher={head_teacher!r}: choose teacher or fc1")
+        if loss.weights["sim"] == 0 and loss.weights["resim"] == 0:
+            raise ValueError(
+                "stage 3 trains the MRL heads with the in-batch losses only (the cosine loss needs the teacher's "
+                "width), but loss.similarity and loss.relative_similarity are both 0, so the heads would learn "
+                "nothing: set them for this stage (stages.stage3.loss={similarity: 200, relative_similarity: 20}) "
+                "or use loss=jasper"
+            )
         self.keep_fc1_loss = keep_fc1_loss
         self.head_teacher = head_teacher
         self.head_lr = head_lr

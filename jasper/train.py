@@ -99,6 +99,22 @@ class StageProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
 
 
+LOSS_KEYS = ("cosine", "similarity", "relative_similarity", "margin")
+
+
+def stage_loss(cfg: DictConfig) -> DictConfig:
+    """``cfg.loss`` with the running stage's weights (``stages.stageN.loss``: loss='s unless a stage sets its own,
+    e.g. ``stages.stage2.loss.similarity=0``), so one run can train stage 2 with the cosine loss alone and stage
+    3's heads with the in-batch terms."""
+    own = OmegaConf.to_container(cfg.stage_settings.get("loss") or {}, resolve=True)
+    unknown = sorted(set(own) - set(LOSS_KEYS))
+    if unknown:
+        raise ValueError(
+            f"stages.stage{cfg.stage}.loss has unknown key(s) {unknown}: it sets the stage's {list(LOSS_KEYS)}"
+        )
+    return OmegaConf.merge(cfg.loss, own)
+
+
 def stage_data(cfg: DictConfig) -> DictConfig:
     """``cfg.data``, unless the stage names data of another kind (stage 4: image-caption pairs) and ``data=`` is a
     text corpus: then the stage's own default (``stages.stage4.data``)."""
@@ -134,7 +150,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
     features = {"features": student} if cfg.stage_settings.get("feature_cache", False) else {}
     datamodule = instantiate(stage_data(cfg), teachers=teachers, tokenize=student.tokenize, **features)
-    module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
+    module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(stage_loss(cfg)))
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

@@ -93,6 +93,14 @@ def test_stage3_needs_mrl_heads(tiny_bert):
         Stage3(student, DistillLoss(), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
 
 
+def test_stage3_refuses_a_loss_that_gives_the_heads_nothing(tiny_bert):
+    student = Student(tiny_bert, fc1_dim=24, mrl_dims=[8])
+    cosine_only = DistillLoss(similarity=0, relative_similarity=0)
+    with pytest.raises(ValueError, match=r"heads would learn nothing.*stages\.stage3\.loss"):
+        Stage3(student, cosine_only, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    Stage3(student, DistillLoss(similarity=0), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+
+
 def test_stage2_rejects_more_layers_than_the_student_has(tiny_bert):
     with pytest.raises(ValueError, match="unfreeze_layers"):
         make(Stage2, tiny_bert, unfreeze_layers=5)

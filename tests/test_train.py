@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.checkpoints import newest_checkpoint
-from jasper.train import RunRefused, StageProgressBar, remove_unused_run_folder, validate
+from jasper.train import RunRefused, StageProgressBar, remove_unused_run_folder, stage_loss, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +95,21 @@ def test_progress_bar_counts_the_stage_steps():
     trainer.fit(Module(), train_dataloaders=torch.utils.data.DataLoader(list(range(6)), batch_size=2))
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (7, 7)  # over 3 epochs of 3 batches
     assert bar.train_progress_bar.desc.startswith("stage 2")
+
+
+def test_each_stage_takes_loss_weights_unless_it_sets_its_own():
+    overrides = ["loss.similarity=100", "stages.stage2.loss.similarity=0", "stages.stage2.loss.relative_similarity=0"]
+    weights = {
+        stage: dict(stage_loss(compose_train([f"stage={stage}", *overrides])))
+        for stage in (1, 2, 3)
+    }
+    assert weights[1]["similarity"] == weights[3]["similarity"] == 100
+    assert weights[2]["similarity"] == weights[2]["relative_similarity"] == 0
+    assert weights[1]["cosine"] == weights[2]["cosine"] == weights[3]["cosine"] == 10
+    assert weights[2]["_target_"] == "jasper.losses.DistillLoss"
+
+
+def test_a_stage_loss_key_that_is_not_a_weight_is_refused():
+    cfg = compose_train(["stage=2", "+stages.stage2.loss.temperature=0.1"])
+    with pytest.raises(ValueError, match=r"stages.stage2.loss has unknown key\(s\) \['temperature'\]"):
+        stage_loss(cfg)
