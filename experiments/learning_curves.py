@@ -19,11 +19,17 @@ from pathlib import Path
 
 def read_metrics(stage_dir: Path) -> list[dict[str, float]]:
     """The rows of the stage's newest metrics.csv, numbers only (Lightning writes empty cells for absent keys)."""
-    logs = sorted(stage_dir.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    logs = sorted(
+        stage_dir.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
     if not logs:
-        raise FileNotFoundError(f"no logs/version_*/metrics.csv under {stage_dir}: was it trained with logger=csv?")
+        raise FileNotFoundError(
+            f"no logs/version_*/metrics.csv under {stage_dir}: was it trained with logger=csv?"
+        )
     with logs[-1].open() as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)
+        ]
 
 
 def series(rows: list[dict[str, float]], key: str, offset: int) -> tuple[list[int], list[float]]:
@@ -47,7 +53,9 @@ def plot(run_dir: Path, out: Path, window: int = 20) -> Path:
 
     stages = sorted(p for p in run_dir.glob("stage[0-9]") if list(p.glob("logs/version_*/metrics.csv")))
     if not stages:
-        raise FileNotFoundError(f"no trained stage with CSV logs under {run_dir} (expected {run_dir}/stageN/logs/)")
+        raise FileNotFoundError(
+            f"no trained stage with CSV logs under {run_dir} (expected {run_dir}/stageN/logs/)"
+        )
     figure, (loss_axis, val_axis) = plt.subplots(1, 2, figsize=(12, 4.2))
     offset = 0
     for stage in stages:
@@ -67,7 +75,9 @@ def plot(run_dir: Path, out: Path, window: int = 20) -> Path:
         offset += last + 1
         for axis in (loss_axis, val_axis):
             axis.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
-    loss_axis.set(xlabel="step (stages in sequence)", ylabel=f"train/loss (mean of {window} logs)", yscale="log")
+    loss_axis.set(
+        xlabel="step (stages in sequence)", ylabel=f"train/loss (mean of {window} logs)", yscale="log"
+    )
     val_axis.set(xlabel="step (stages in sequence)", ylabel="held-out fidelity to the teacher")
     loss_axis.legend()
     val_axis.legend(fontsize=7, ncol=2)
@@ -78,8 +88,12 @@ def plot(run_dir: Path, out: Path, window: int = 20) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a run folder holding stage1/, stage2/, ... (outputs/<run_name>)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "run_dir", type=Path, help="a run folder holding stage1/, stage2/, ... (outputs/<run_name>)"
+    )
     parser.add_argument("--out", type=Path, help="the PNG to write (default: <run_dir>/curves.png)")
     parser.add_argument("--window", type=int, default=20, help="logged steps averaged in the loss curve")
     args = parser.parse_args()

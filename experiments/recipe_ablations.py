@@ -46,8 +46,12 @@ class Variant:
     start: str | None = None  # the variant whose stage (first stage - 1) this one starts from
 
 
-# The embedded default's departures from BASE (conf/experiment/embedded.yaml, conf/train.yaml).
+# The embedded default's departures from BASE (conf/experiment/embedded.yaml, conf/train.yaml). Since the loss
+# ablations below, the default trains stage 2 with the cosine loss alone (stages.stage2.loss); the variants that ran
+# before that name the paper's three terms for stage 2 (THREE_TERMS) so that they rerun as they ran.
 DEFAULT = ["teachers=minilm6", "data.source.sources=[gcide]", "stages.stage2.module.optimizer.lr=1e-3"]
+THREE_TERMS = ["stages.stage2.loss.similarity=200", "stages.stage2.loss.relative_similarity=20"]
+COSINE_ONLY = ["loss.similarity=0", "loss.relative_similarity=0"]
 
 VARIANTS: dict[str, Variant] = {
     "base": Variant(
@@ -89,18 +93,18 @@ VARIANTS: dict[str, Variant] = {
         start="teacher_minilm6_only",
     ),
     "make_demo": Variant(
-        "the new embedded default, as `make demo` ran it (minilm6, GCIDE only, stage 2 lr 1e-3)",
-        DEFAULT,
+        "the embedded default before the loss ablations, as `make demo` ran it (minilm6, GCIDE only, stage 2 lr 1e-3)",
+        [*DEFAULT, *THREE_TERMS],
     ),
     "default_s2_600": Variant(
         "the new embedded default with stage 2 600 steps (x2)",
-        [*DEFAULT, "stages.stage2.steps=600"],
+        [*DEFAULT, *THREE_TERMS, "stages.stage2.steps=600"],
         stages=(2, 3),
         start="make_demo",
     ),
     "default_s2_lr_3e-3": Variant(
         "the new embedded default with stage 2 lr 3e-3",
-        [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=3e-3"],
+        [*DEFAULT[:2], *THREE_TERMS, "stages.stage2.module.optimizer.lr=3e-3"],
         stages=(2, 3),
         start="make_demo",
     ),
@@ -110,65 +114,71 @@ VARIANTS: dict[str, Variant] = {
     ),
     "default_s2_600_lr_2e-3": Variant(
         "the new embedded default with stage 2 600 steps at lr 2e-3 (30 warmup steps)",
-        [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=2e-3", "stages.stage2.steps=600", "stages.stage2.warmup_steps=30"],
+        [
+            *DEFAULT[:2],
+            *THREE_TERMS,
+            "stages.stage2.module.optimizer.lr=2e-3",
+            "stages.stage2.steps=600",
+            "stages.stage2.warmup_steps=30",
+        ],
         stages=(2, 3),
         start="make_demo",
     ),
     "default_s1_closed_only": Variant(
         "the new embedded default (minilm6, gcide, stage 2 lr 1e-3) with stage 1 in closed form only (0 steps)",
-        [*DEFAULT, "stages.stage1.steps=0"],
+        [*DEFAULT, *THREE_TERMS, "stages.stage1.steps=0"],
     ),
     "d_s2_lr_paper": Variant(
-        "default, stage 2 lr 8e-5 (paper)",
+        "default (stage 2 on the cosine loss), stage 2 lr 8e-5 (paper)",
         [*DEFAULT[:2], "stages.stage2.module.optimizer.lr=8e-5"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s2_batch_128": Variant(
-        "default, stage 2 batch 128 for 75 steps (equal texts)",
+        "default (stage 2 on the cosine loss), stage 2 batch 128 for 75 steps (equal texts)",
         [*DEFAULT, "stages.stage2.batch_size=128", "stages.stage2.steps=75", "stages.stage2.warmup_steps=3"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s2_batch_512": Variant(
-        "default, stage 2 batch 512 for 19 steps (equal texts)",
+        "default (stage 2 on the cosine loss), stage 2 batch 512 for 19 steps (equal texts)",
         [*DEFAULT, "stages.stage2.batch_size=512", "stages.stage2.steps=19", "stages.stage2.warmup_steps=1"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s2_random_batches": Variant(
-        "default, stage 2 random batches (no length buckets)",
+        "default (stage 2 on the cosine loss), stage 2 random batches (no length buckets)",
         [*DEFAULT, "data.length_buckets=false"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s2_cos_only": Variant(
         "default, stage 2 loss: cosine only",
-        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        [*DEFAULT, *COSINE_ONLY],
         stages=(2,),
         start="make_demo",
     ),
     "d_s3_cos_only": Variant(
         "default with the cosine loss alone, stage 3 after d_s2_cos_only (the heads get no loss: cosine needs the teacher's width, so they stay FC1's prefix)",
-        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        [*DEFAULT, *COSINE_ONLY],
         stages=(3,),
         start="d_s2_cos_only",
     ),
     "d_cos_only_600": Variant(
         "default with the cosine loss alone and stage 2 600 steps",
-        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0", "stages.stage2.steps=600"],
+        [*DEFAULT, *COSINE_ONLY, "stages.stage2.steps=600"],
         stages=(2,),
         start="make_demo",
     ),
     "d_light_sim": Variant(
-        "default, stage 2 loss weights 10 / 20 / 2 (similarity terms at a tenth)",
-        [*DEFAULT, "loss.similarity=20", "loss.relative_similarity=2"],
+        "default, stage 2 loss weights 10 / 20 / 2 (the in-batch terms at a tenth)",
+        [*DEFAULT, "stages.stage2.loss.similarity=20", "stages.stage2.loss.relative_similarity=2"],
         stages=(2,),
         start="make_demo",
     ),
     "cos_only_all": Variant(
         "default with the cosine loss alone in stages 1 (polishing) and 2",
-        [*DEFAULT, "loss.similarity=0", "loss.relative_similarity=0"],
+        [*DEFAULT, *COSINE_ONLY],
         stages=(1, 2),
     ),
     "d_cos2_jasper3": Variant(
@@ -178,19 +188,22 @@ VARIANTS: dict[str, Variant] = {
         start="d_s2_cos_only",
     ),
     "d_s2_cos_sim": Variant(
-        "default, stage 2 loss: cosine + similarity",
-        [*DEFAULT, "loss.relative_similarity=0"],
+        "default before the loss ablations, stage 2 loss: cosine + similarity",
+        [*DEFAULT, "stages.stage2.loss.similarity=200", "stages.stage2.loss.relative_similarity=0"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s2_unfreeze_1": Variant(
-        "default, stage 2 unfreezes the last layer only (default: 3, all of this student)",
+        "default (stage 2 on the cosine loss), stage 2 unfreezes the last layer only (default: 3, all of this student)",
         [*DEFAULT, "stages.stage2.module.unfreeze_layers=1"],
         stages=(2,),
         start="make_demo",
     ),
     "d_s3_prefix": Variant(
-        "default, stage 3 prefix (Matryoshka) heads", [*DEFAULT, "model.mrl_mode=prefix"], stages=(3,), start="make_demo"
+        "default, stage 3 prefix (Matryoshka) heads",
+        [*DEFAULT, "model.mrl_mode=prefix"],
+        stages=(3,),
+        start="make_demo",
     ),
     "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),

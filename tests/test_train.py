@@ -98,11 +98,12 @@ def test_progress_bar_counts_the_stage_steps():
 
 
 def test_each_stage_takes_loss_weights_unless_it_sets_its_own():
-    overrides = ["loss.similarity=100", "stages.stage2.loss.similarity=0", "stages.stage2.loss.relative_similarity=0"]
-    weights = {
-        stage: dict(stage_loss(compose_train([f"stage={stage}", *overrides])))
-        for stage in (1, 2, 3)
-    }
+    overrides = [
+        "loss.similarity=100",
+        "stages.stage2.loss.similarity=0",
+        "stages.stage2.loss.relative_similarity=0",
+    ]
+    weights = {stage: dict(stage_loss(compose_train([f"stage={stage}", *overrides]))) for stage in (1, 2, 3)}
     assert weights[1]["similarity"] == weights[3]["similarity"] == 100
     assert weights[2]["similarity"] == weights[2]["relative_similarity"] == 0
     assert weights[1]["cosine"] == weights[2]["cosine"] == weights[3]["cosine"] == 10
