@@ -41,8 +41,8 @@ demo: install
 test: install
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: install
-	$(PY) -m pytest -m slow -q
+test-slow: install  # exit status 5 (no test carries the marker) is not a failure
+	$(PY) -m pytest -m slow -q || test $$? -eq 5
 
 lint: install
 	$(PY) -m ruff check .

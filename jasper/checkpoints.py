@@ -18,17 +18,25 @@ STUDENT_FILE = "student.pt"
 def save_student(student: Student, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": student.describe(), "state_dict": student.state_dict()}, path)
+    payload = {"config": student.describe(), "state_dict": student.state_dict()}
+    torch.save({**payload, "fresh_heads": sorted(student.fresh_heads)}, path)
 
 
 def read_student_state(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
     """``(student config or None, student state dict)`` from a ``student.pt`` or a Lightning ``.ckpt`` file."""
     path = Path(path)
+    return _split_payload(_load_payload(path), path)
+
+
+def _load_payload(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"no student weights at {path}: point stages.stageN.init_from at a student.pt or .ckpt file"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _split_payload(payload: dict, path: Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
     if "state_dict" in payload and "config" in payload:
         return payload["config"], payload["state_dict"]
     if "state_dict" in payload:  # a Lightning checkpoint of a stage module: the student's keys carry a prefix
@@ -43,7 +51,8 @@ def read_student_state(path: str | Path) -> tuple[dict | None, dict[str, torch.T
 
 def load_student_weights(student: Student, path: str | Path) -> None:
     """Load weights into ``student``. Only MRL heads may be missing (new heads start fresh) or extra (dropped)."""
-    config, state = read_student_state(path)
+    payload = _load_payload(Path(path))
+    config, state = _split_payload(payload, Path(path))
     if config is not None and config["fc1_dim"] != student.fc1_dim:
         raise ValueError(
             f"{path} has FC1 of dimension {config['fc1_dim']} but the configured teachers give {student.fc1_dim}: "
@@ -55,11 +64,24 @@ def load_student_weights(student: Student, path: str | Path) -> None:
         raise ValueError(
             f"{path} does not fit this student (model.* differs from the stage that wrote it): {wrong[:5]}"
         )
+    missing = {k.split(".")[1] for k in result.missing_keys}
+    student.fresh_heads = (set(student.heads) & _fresh_heads_in(payload)) | missing
     if result.missing_keys:
         log.info(
             "heads not in %s start fresh: %s", path, sorted({k.split(".")[1] for k in result.missing_keys})
         )
     log.info("student initialised from %s", path)
+
+
+def _fresh_heads_in(payload: dict) -> set[str]:
+    """Heads of a saved student that never trained: as recorded by `save_student`; for a Lightning checkpoint,
+    none from stage 3 on (stage 3 trains every head); for a file that records nothing, all of them."""
+    if "fresh_heads" in payload:
+        return set(payload["fresh_heads"])
+    config = (payload.get("hyper_parameters") or {}).get("config") or {}
+    if int(config.get("stage", 0) or 0) >= 3:
+        return set()
+    return {k.split(".")[1] for k in payload["state_dict"] if k.removeprefix("student.").startswith("heads.")}
 
 
 def resolve_init_from(

@@ -224,6 +224,7 @@ class Stage3(DistillModule):
         super().__init__(student, loss, **kwargs)
         if head_init == "fc1_prefix":
             init_heads_from_fc1(student)
+        student.fresh_heads = set()  # stage 3 trains every head
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
@@ -257,8 +258,11 @@ class Stage3(DistillModule):
 
 @torch.no_grad()
 def init_heads_from_fc1(student: Student) -> None:
-    """Each separate head of size d <= FC1's takes FC1's first d rows (weights and bias)."""
+    """Each fresh separate head of size d <= FC1's takes FC1's first d rows (weights and bias); heads loaded
+    with trained weights (``init_from`` a stage-3 student) keep them."""
     for name, head in student.heads.items():
+        if name not in student.fresh_heads:
+            continue
         rows = min(int(name), student.fc1_dim)
         head.weight[:rows].copy_(student.fc1.weight[:rows])
         head.bias[:rows].copy_(student.fc1.bias[:rows])

@@ -199,6 +199,8 @@ class Student(nn.Module):
         self.heads = nn.ModuleDict(
             {str(d): nn.Linear(hidden, d) for d in mrl_dims} if mrl_mode == "separate" else {}
         )
+        # Separate heads that hold no trained weights yet: stage 3 starts these (and only these) from FC1.
+        self.fresh_heads: set[str] = set(self.heads)
         self.encoder_frozen = False
         self.__dict__["vision"] = (
             None  # an attached VisionTower (stage 4), not a submodule: see attach_vision

@@ -188,27 +188,44 @@ def test_prefix_export_serves_truncated_heads(tiny_bert, data_dir, tmp_path):
     )
 
 
-def test_fidelity_and_local_mteb_task(student, data_dir, tmp_path):
+def test_fidelity_and_local_mteb_task(student, tiny_bert, data_dir, tmp_path):
+    """Fidelity of every row is measured against the teacher's FC1 on the held-out texts: 1 for the teacher itself,
+    and for another student exactly what `teacher_fidelity` gives on the two models' own vectors."""
+    from jasper.evaluation.fidelity import teacher_fidelity
+
+    held_out = [s for a, b, _ in STS for s in (a, b)]
     texts = tmp_path / "held_out.txt"
-    texts.write_text("\n".join(s for a, b, _ in STS for s in (a, b)) + "\n")
+    texts.write_text("\n".join(held_out) + "\n")
     ecfg = _eval_cfg(
         data_dir,
         retrieval={},
         fidelity={"texts": str(texts), "teacher": "teacher", "batch_size": 4},
         mteb={"local": {"TinySts": {"type": "sts", "path": "sts.tsv"}}},
     )
+    torch.manual_seed(5)
+    other = Student(tiny_bert, fc1_dim=24, mrl_dims=[16], num_layers=3, max_length=32).eval()
+    save_student(other, tmp_path / "other" / "student.pt")
     cfg = {
         "eval": ecfg,
-        "models": {"teacher": _save(student, tmp_path)},
+        "models": {"teacher": _save(student, tmp_path), "other": str(tmp_path / "other" / "student.pt")},
         "batch_size": 8,
         "out_dir": str(tmp_path / "o"),
     }
     rows, _ = evaluate(cfg, REPO)
-    fc1 = rows[0].metrics
+    by_name = {f"{r.model}/{r.head}": r.metrics for r in rows}
+    fc1 = by_name["teacher/fc1"]
     assert fc1["fidelity spearman"] == pytest.approx(1.0) and fc1["fidelity cos"] == pytest.approx(
         1.0, abs=1e-5
     )
     assert fc1["mteb TinySts"] == pytest.approx(fc1["sts"], abs=1e-6)  # MTEB agrees with our own Spearman
+    target = student.encode(held_out)  # the teacher's first head, FC1
+    for head in ("fc1", "16"):
+        known = teacher_fidelity(other.encode(held_out, head=head), target, batch_size=4)
+        assert by_name[f"other/{head}"]["fidelity spearman"] == pytest.approx(known["spearman"], abs=1e-5)
+        assert known["spearman"] < 0.9  # a different model: far from the teacher's 1
+    cosine = teacher_fidelity(other.encode(held_out), target, batch_size=4)["cosine"]
+    assert by_name["other/fc1"]["fidelity cos"] == pytest.approx(cosine, abs=1e-5) and cosine < 0.9
+    assert by_name["other/16"].get("fidelity cos") is None  # 16 vs 24 dimensions: no cosine
 
 
 def _save(student: Student, tmp_path: Path) -> str:

@@ -113,11 +113,23 @@ def test_errors_are_clear(tmp_path):
 
 
 def test_deepspeed_dir_detection(tmp_path):
+    """Detection only (the conversion is test_export_from_deepspeed_zero2_directory): a `latest` pointer or a tag
+    folder of model states makes a DeepSpeed directory; a plain folder, a .ckpt file or loose states do not."""
     (tmp_path / "a.ckpt" / "checkpoint").mkdir(parents=True)
     (tmp_path / "a.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt").touch()
     (tmp_path / "a.ckpt" / "latest").write_text("checkpoint")
     assert is_deepspeed_dir(tmp_path / "a.ckpt")
-    assert not is_deepspeed_dir(tmp_path)
+    (tmp_path / "a.ckpt" / "latest").unlink()  # no pointer: the tag folder alone
+    assert is_deepspeed_dir(tmp_path / "a.ckpt")
+    assert not is_deepspeed_dir(tmp_path)  # its states are two levels down
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "mp_rank_00_model_states.pt").touch()  # states but no tag folder
+    (tmp_path / "loose" / "notes.txt").write_text("latest")
+    assert not is_deepspeed_dir(tmp_path / "loose")
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    assert not is_deepspeed_dir(tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
+        load_student(tmp_path / "loose")
 
 
 def test_round_trip_minilm_student(minilm_path, tmp_path):
@@ -169,8 +181,10 @@ def _fake_zero2_checkpoint(student: Student, folder, hyper_parameters: dict, wor
         torch.save(optim, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
 
 
-@pytest.mark.slow  # importing Lightning's DeepSpeed strategy costs ~7 s of CPU
 def test_export_from_deepspeed_zero2_directory(tiny_bert, tmp_path):
+    """The conversion itself (deepspeed's zero_to_fp32 through Lightning: importing it costs ~7 s of CPU): the
+    exported heads reproduce the student, with the `latest` pointer and without it (its single tag folder); two tag
+    folders and no pointer are refused."""
     pytest.importorskip("deepspeed")
     student = _student(tiny_bert, "separate")
     config = {
@@ -182,6 +196,13 @@ def test_export_from_deepspeed_zero2_directory(tiny_bert, tmp_path):
     out = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
     _check_heads(student, out)
     assert "deepspeed_stage_2" in (out / "README.md").read_text()
+    (tmp_path / "last.ckpt" / "latest").unlink()
+    again, _ = load_student(tmp_path / "last.ckpt")
+    assert torch.equal(again.encode(TEXTS, head="16"), student.encode(TEXTS, head="16"))
+    (tmp_path / "last.ckpt" / "global_step3").mkdir()
+    (tmp_path / "last.ckpt" / "global_step3" / "mp_rank_00_model_states.pt").touch()
+    with pytest.raises(ValueError, match="point at one checkpoint"):
+        load_student(tmp_path / "last.ckpt")
 
 
 def test_student_from_a_config_with_another_models_tokenizer(minilm_path, tmp_path):

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.evaluation.report import load_json
 from jasper.run_report import report
+from tests.record_batches import read as read_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,39 +91,108 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
         assert rows["stage3"][f"spearman {head}"] > init[f"spearman {head}"] + 0.003
 
 
+def record(path: Path, losses: bool = False) -> str:
+    """The override that adds tests/record_batches.py's callback, writing ``<path>.rank<r>``."""
+    return (
+        "+callbacks.record={_target_: tests.record_batches.RecordBatches, "
+        f"path: '{path}', losses: {str(losses).lower()}}}"
+    )
+
+
+def assert_same_tensors(got, expected, where: str = "") -> None:
+    """Nested dicts/lists of tensors and numbers, bitwise equal."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for key in expected:
+            assert_same_tensors(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_same_tensors(a, b, f"{where}/{i}")
+    elif isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=where)
+    else:
+        assert got == expected, where
+
+
 def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tmp_path, corpus_file, cache_dir):
     """Stage 1 stopped at step 2 of 4 (trainer.max_steps=2: the schedule is still the 4-step one) and resumed
-    with ckpt_path=last ends with the weights of a run that was never interrupted: the same batches, in order
-    (tests/test_batching.py checks the batches themselves)."""
+    with ckpt_path=last ends as a run that was never interrupted: the same batches in the same order (rows and
+    teacher vectors), then the same weights, optimiser state (AdamW moments, step counts) and schedule."""
     overrides = [
         *small_run(tmp_path, corpus_file, cache_dir, steps=4, batch=8),
         "stage=1",
         "callbacks.lr_monitor=null",
         "stages.stage1.checkpoint_every=2",
     ]
-    train([*overrides, "trainer.max_steps=2"])
+    train([*overrides, "trainer.max_steps=2", record(tmp_path / "interrupted")])
     first = torch.load(tmp_path / "stage1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert first["global_step"] == 2
-    result = train([*overrides, "ckpt_path=last"])
+    result = train([*overrides, "ckpt_path=last", record(tmp_path / "resumed")])
     assert "Restoring states from the checkpoint path" in result.stdout + result.stderr
     resumed = torch.load(tmp_path / "stage1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4
     whole = tmp_path / "whole"
-    train([*overrides, f"paths.run_dir={whole}"])
-    expected = torch.load(whole / "stage1" / "student.pt")["state_dict"]
-    torch.testing.assert_close(
-        torch.load(tmp_path / "stage1" / "student.pt")["state_dict"], expected, rtol=0, atol=0
+    train([*overrides, f"paths.run_dir={whole}", record(tmp_path / "whole")])
+    expected = torch.load(whole / "stage1" / "checkpoints" / "last.ckpt", weights_only=False)
+    batches = read_batches(tmp_path / "interrupted.rank0") + read_batches(tmp_path / "resumed.rank0")
+    assert [b["step"] for b in batches] == [0, 1, 2, 3]
+    assert batches == read_batches(tmp_path / "whole.rank0")
+    assert len({row for b in batches for row in b["rows"]}) == 4 * 8  # distinct rows: the epoch goes on
+    assert_same_tensors(resumed["state_dict"], expected["state_dict"], "state_dict")
+    assert_same_tensors(resumed["optimizer_states"], expected["optimizer_states"], "optimizer")
+    assert_same_tensors(resumed["lr_schedulers"], expected["lr_schedulers"], "lr_schedulers")
+    assert resumed["optimizer_states"][0]["state"]  # AdamW's moments are there to compare
+    assert_same_tensors(
+        torch.load(tmp_path / "stage1" / "student.pt")["state_dict"],
+        torch.load(whole / "stage1" / "student.pt")["state_dict"],
+        "student.pt",
     )
 
 
-def test_ddp_two_cpu_processes(tmp_path, corpus_file, cache_dir):
+def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_dir):
+    """Two gloo processes through Lightning with loss.gather_across_ranks=true: each rank trains on its own rows
+    (disjoint at every step, together the epoch's rows; a 3-step run on 40 texts crosses an epoch), and the
+    validation set of 22 texts ends with an uneven batch (11 rows a rank: 8 + 3), all-gathered like the others."""
     overrides = [
         *small_run(tmp_path, corpus_file, cache_dir, steps=3, batch=8),
         "stage=2",
         "trainer=ddp",
         "callbacks.lr_monitor=null",
         "stages.stage2.init_from=null",
+        "loss.gather_across_ranks=true",
+        "data.val_texts=22",
+        "data.max_texts=40",
+        record(tmp_path / "ddp", losses=True),
     ]
     result = train(overrides)
-    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
     assert (tmp_path / "stage2" / "student.pt").is_file()
+    ranks = [read_batches(tmp_path / f"ddp.rank{r}") for r in (0, 1)]
+    assert [[b["step"] for b in rank] for rank in ranks] == [[0, 1, 2], [0, 1, 2]]
+    for zero, one in zip(*ranks, strict=True):
+        assert len(zero["rows"]) == len(one["rows"]) == 8
+        assert not set(zero["rows"]) & set(one["rows"]), zero["step"]  # each rank its own rows
+    epoch = [row for rank in ranks for b in rank[:2] for row in b["rows"]]
+    assert len(set(epoch)) == 32  # 40 texts, 20 a rank: two full batches each, no row twice
+    metrics = (tmp_path / "stage2" / "metrics.json").read_text()
+    assert "val/loss" in metrics and "nan" not in metrics.lower()
+    # The gathered losses equal one process's on both ranks' rows: sim and resim on every rank, cos on average.
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        loss = instantiate(compose("train", overrides=[*overrides[:-1], "paths.output_dir=unused"]).loss)
+    names = [f"train{k}" for k in range(3)] + ["val0", "val1"]  # validation: 11 rows a rank, 8 + 3
+    sizes = []
+    for name in names:
+        parts = [torch.load(tmp_path / f"ddp.rank{r}.{name}.pt", weights_only=False) for r in (0, 1)]
+        sizes.append(len(parts[0]["teacher"]))
+        expected = loss(
+            torch.cat([p["vectors"]["fc1"] for p in parts]), torch.cat([p["teacher"] for p in parts])
+        )
+        for part in parts:
+            for term in ("sim", "resim"):
+                torch.testing.assert_close(part["terms"][f"fc1/loss_{term}"], expected[term], msg=name)
+        cos = sum(p["terms"]["fc1/loss_cos"] for p in parts) / 2
+        torch.testing.assert_close(cos, expected["cos"], msg=name)
+    assert sizes == [8, 8, 8, 8, 3]
+    assert not list(tmp_path.glob("ddp.rank0.val2.pt"))

@@ -97,7 +97,6 @@ def test_online_teachers_write_no_cache(tiny_bert, rows_file, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.slow
 def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
     args = overrides(tiny_bert, rows_file, tmp_path / "cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

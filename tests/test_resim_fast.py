@@ -77,7 +77,6 @@ def test_matches_reference_larger_batches(b, teacher_kind, dtype):
     _compare(student, teacher, 0.015, *tol)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("teacher_kind", ["normal", "dup"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_reference_b128(teacher_kind, dtype):

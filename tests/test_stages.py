@@ -3,6 +3,7 @@ import functools
 import pytest
 import torch
 
+from jasper.checkpoints import load_student_weights, save_student
 from jasper.losses import DistillLoss
 from jasper.stages import Stage1, Stage2, Stage3
 from jasper.student import Student
@@ -127,6 +128,37 @@ def test_stage3_heads_start_as_the_prefix_of_fc1(tiny_bert):
     assert torch.allclose(vectors["8"], expected, atol=1e-6)
     random_heads = make(Stage3, tiny_bert, head_init="random").student
     assert not torch.equal(random_heads.heads["8"].weight, random_heads.fc1.weight[:8])
+
+
+def test_stage3_keeps_trained_heads_from_init_from_and_starts_fresh_ones_from_fc1(tiny_bert, tmp_path):
+    """init_from a stage-3 student (a student.pt or a Lightning checkpoint): its trained heads are kept. From a
+    stage-2 student.pt (its heads never trained) or a file without some head, those heads start from FC1."""
+    module = make(Stage3, tiny_bert)
+    changed_after_one_step(module)
+    trained = module.student
+    assert not torch.equal(trained.heads["8"].weight, trained.fc1.weight[:8])  # the step moved them apart
+    save_student(trained, tmp_path / "stage3" / "student.pt")
+    state = {f"student.{k}": v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"config": {"stage": 3}}}, tmp_path / "last.ckpt")
+    stage2 = make(Stage2, tiny_bert).student  # heads as drawn, fc1 the same as `trained`'s start
+    with torch.no_grad():
+        stage2.fc1.weight.add_(1.0)
+    save_student(stage2, tmp_path / "stage2" / "student.pt")
+    for path in (tmp_path / "stage3" / "student.pt", tmp_path / "last.ckpt"):
+        student = Student(tiny_bert, fc1_dim=24, mrl_dims=[8, 4, 2], num_layers=4)
+        load_student_weights(student, path)
+        Stage3(student, DistillLoss(), optimizer=functools.partial(torch.optim.SGD, lr=0.5))
+        for head in ("8", "4"):
+            assert torch.equal(student.heads[head].weight, trained.heads[head].weight), (path, head)
+            assert torch.equal(student.heads[head].bias, trained.heads[head].bias), (path, head)
+        assert torch.equal(student.heads["2"].weight, student.fc1.weight[:2])  # not in the file: from FC1
+    student = Student(tiny_bert, fc1_dim=24, mrl_dims=[8, 4], num_layers=4)
+    load_student_weights(student, tmp_path / "stage2" / "student.pt")
+    Stage3(student, DistillLoss(), optimizer=functools.partial(torch.optim.SGD, lr=0.5))
+    for head in ("8", "4"):
+        assert torch.equal(student.heads[head].weight, stage2.fc1.weight[: int(head)])
+    save_student(student, tmp_path / "again" / "student.pt")  # stage 3 trains them: the next run keeps them
+    assert torch.load(tmp_path / "again" / "student.pt", weights_only=False)["fresh_heads"] == []
 
 
 def test_a_frozen_encoder_stays_in_eval_mode_after_validation(tiny_bert):
