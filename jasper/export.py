@@ -67,13 +67,18 @@ def convert_deepspeed(path: str | Path, output_file: str | Path) -> Path:
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     path = Path(path)
-    tag = None
-    if not (path / "latest").is_file():  # no `latest` pointer: the single tag folder holding the states
-        tags = sorted({p.parent.name for p in path.glob("*/*model_states.pt")})
-        if len(tags) != 1:
-            raise ValueError(f"{path}: no 'latest' file and tag folders {tags}; point at one checkpoint")
-        tag = tags[0]
-    convert_zero_checkpoint_to_fp32_state_dict(str(path), str(output_file), tag=tag)
+    if (path / "latest").is_file():
+        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(output_file))
+        return Path(output_file)
+    # No `latest` pointer: the single tag folder holding the states. Lightning's converter reads `latest` even when
+    # given the tag, so it converts a view of the directory that has one (the tag folder linked, not copied).
+    tags = sorted({p.parent.name for p in path.glob("*/*model_states.pt")})
+    if len(tags) != 1:
+        raise ValueError(f"{path}: no 'latest' file and tag folders {tags}; point at one checkpoint")
+    with tempfile.TemporaryDirectory() as view:
+        (Path(view) / tags[0]).symlink_to((path / tags[0]).resolve(), target_is_directory=True)
+        (Path(view) / "latest").write_text(tags[0])
+        convert_zero_checkpoint_to_fp32_state_dict(view, str(output_file))
     return Path(output_file)
 
 

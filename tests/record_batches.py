@@ -15,10 +15,16 @@ import torch
 
 
 def row_digests(batch: dict) -> list[str]:
-    ids, mask, teacher = batch["input_ids"], batch["attention_mask"].bool(), batch["teacher"]
+    """A digest per row of its input (tokens, or stage 1's cached encoder features) and its teacher vector."""
+    teacher = batch["teacher"]
+    if "features" in batch:
+        inputs = [row.float().cpu().numpy().tobytes() for row in batch["features"]]
+    else:
+        mask = batch["attention_mask"].bool()
+        inputs = [ids[m].cpu().numpy().tobytes() for ids, m in zip(batch["input_ids"], mask, strict=True)]
     digests = []
-    for i in range(len(ids)):
-        digest = hashlib.blake2b(ids[i][mask[i]].cpu().numpy().tobytes(), digest_size=8)
+    for i, data in enumerate(inputs):
+        digest = hashlib.blake2b(data, digest_size=8)
         digest.update(teacher[i].float().cpu().numpy().tobytes())
         digests.append(digest.hexdigest())
     return digests

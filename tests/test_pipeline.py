@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.evaluation.report import load_json
 from jasper.run_report import report
+from jasper.train import stage_loss
 from tests.record_batches import read as read_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +162,8 @@ def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_
         "callbacks.lr_monitor=null",
         "stages.stage2.init_from=null",
         "loss.gather_across_ranks=true",
+        "stages.stage2.loss.similarity=200",  # the embedded default trains stage 2 on the cosine term alone
+        "stages.stage2.loss.relative_similarity=20",
         "data.val_texts=22",
         "data.max_texts=40",
         record(tmp_path / "ddp", losses=True),
@@ -180,7 +183,9 @@ def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_
     assert "val/loss" in metrics and "nan" not in metrics.lower()
     # The gathered losses equal one process's on both ranks' rows: sim and resim on every rank, cos on average.
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        loss = instantiate(compose("train", overrides=[*overrides[:-1], "paths.output_dir=unused"]).loss)
+        loss = instantiate(
+            stage_loss(compose("train", overrides=[*overrides[:-1], "paths.output_dir=unused"]))
+        )
     names = [f"train{k}" for k in range(3)] + ["val0", "val1"]  # validation: 11 rows a rank, 8 + 3
     sizes = []
     for name in names:

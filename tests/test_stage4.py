@@ -155,8 +155,21 @@ def test_loss_weights_override_only_stage_4s_loss(tiny_bert):
         )
 
 
-def colour_pairs(folder: Path, caption: str, shades: int, seed: int) -> list[tuple[str, str]]:
-    """Noisy single-colour images, ``shades`` per colour of `COLOURS` plus black and yellow, captioned by colour."""
+# Captions far apart in the text model's space: a colour word alone ("a red square" / "a blue square") leaves six
+# captions so close that the held-out recall stays at chance after a few dozen steps.
+SCENES = {
+    "red": "a ripe tomato on a plate",
+    "green": "a grassy meadow in spring",
+    "blue": "the open sea under a clear sky",
+    "white": "fresh snow covering the ground",
+    "black": "a starless night in the desert",
+    "yellow": "a field of sunflowers at noon",
+}
+
+
+def colour_pairs(folder: Path, shades: int, seed: int) -> list[tuple[str, str]]:
+    """Noisy single-colour images, ``shades`` per colour of `COLOURS` plus black and yellow, each captioned by the
+    colour's scene in `SCENES`."""
     import random
 
     colours = {**COLOURS, "black": (0, 0, 0), "yellow": (255, 255, 0)}
@@ -171,23 +184,22 @@ def colour_pairs(folder: Path, caption: str, shades: int, seed: int) -> list[tup
             )
             path = folder / f"{name}-{shade}.png"
             image.save(path)
-            pairs.append((str(path), caption.format(name)))
+            pairs.append((str(path), SCENES[name]))
     return pairs
 
 
 def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
-    """Trained on 24 noisy single-colour images captioned "a red square" (MiniLM's text path, frozen), the tower
-    retrieves the captions of 6 unseen images worded otherwise ("a photo that is all red"): image->caption R@1
-    on the held-out pairs at least 0.5, against chance 1/6 (and the untrained tower below that)."""
+    """Trained on 24 noisy single-colour images, each captioned by its colour's scene ("a ripe tomato on a plate"
+    for red; MiniLM's text path, frozen), the tower retrieves the captions of 6 unseen images (new noise, one of
+    each colour): image->caption R@1 on the held-out pairs at least 0.5, against chance 1/6 (and the untrained
+    tower below that)."""
     from jasper.evaluation.image_retrieval import pair_recall
 
     torch.manual_seed(0)
     student = Student(minilm_path, fc1_dim=64, mrl_dims=[16], num_layers=3, max_length=16)
     module = Stage4(student, DistillLoss(), tower_factory(), optimizer=partial(torch.optim.AdamW, lr=3e-3))
-    train = batch_of(module, colour_pairs(tmp_path / "train", "a {} square", shades=4, seed=0))
-    held_out = batch_of(
-        module, colour_pairs(tmp_path / "held_out", "a photo that is all {}", shades=1, seed=1)
-    )
+    train = batch_of(module, colour_pairs(tmp_path / "train", shades=4, seed=0))
+    held_out = batch_of(module, colour_pairs(tmp_path / "held_out", shades=1, seed=1))
     optimizer = module.configure_optimizers()
 
     def recall() -> tuple[float, float]:
