@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.checkpoints import newest_checkpoint
-from jasper.train import RunRefused, StageProgressBar, remove_unused_run_folder, validate
+from jasper.train import RunRefused, StageProgressBar, check_overrides, remove_unused_run_folder, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +95,11 @@ def test_progress_bar_counts_the_stage_steps():
     trainer.fit(Module(), train_dataloaders=torch.utils.data.DataLoader(list(range(6)), batch_size=2))
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (7, 7)  # over 3 epochs of 3 batches
     assert bar.train_progress_bar.desc.startswith("stage 2")
+
+
+def test_an_override_of_the_stage_settings_view_is_refused_naming_the_key():
+    with pytest.raises(RunRefused, match=r"override stages\.stage2\.steps=5 instead"):
+        check_overrides(["stage=2", "stage_settings.steps=5"])
+    with pytest.raises(RunRefused, match=r"stages\.stage1\.module\.optimizer\.lr=1e-3 instead"):
+        check_overrides(["+stage_settings.module.optimizer.lr=1e-3"])
+    check_overrides(["-m", "stage=1,2", "stages.stage2.steps=5"])  # the key itself passes
