@@ -196,9 +196,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
         load_student_weights(student, init_from)
     tower = build_tower(settings, student, cfg.stage)
     data_extra: dict[str, Any] = {}
-    if settings.get(
-        "feature_cache", False
-    ):  # stage 1: the frozen encoder's pooled states cached, FC1 trains on them
+    # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
+    if settings.get("feature_cache", False):
         data_extra["features"] = student
     if tower is not None:  # image data: the tower's own preprocessing
         data_extra["transform"] = tower.transform
