@@ -19,8 +19,8 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-CHUNK_BATCHES = 8
-"""Texts handed to an encoder per call, in batches: ``encode_sorted`` sorts all texts longest first, then gives an
+CHUNK_BATCHES = 4
+"""Texts handed to an encoder per call, in batches: ``encode_all`` sorts all texts longest first, then gives an
 encoder ``CHUNK_BATCHES * batch_size`` texts at a time (it splits them into its own batches, which are therefore the
 same for any multiple), so progress moves and memory peaks on the first, longest chunk."""
 
