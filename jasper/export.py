@@ -186,12 +186,12 @@ def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
     that feeds image tokens to the encoder, so images need jasper: :func:`load_multimodal`."""
     multimodal = out_dir / MULTIMODAL_DIR
     multimodal.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(student_file, multimodal / "student.pt")
+    shutil.copyfile(student_file, multimodal / STUDENT_FILE)
     shutil.copyfile(tower_file, multimodal / VISION_FILE)
     info_file = out_dir / EXPORT_FILE
     info = json.loads(info_file.read_text())
     info["multimodal"] = {
-        "student": f"{MULTIMODAL_DIR}/student.pt",
+        "student": f"{MULTIMODAL_DIR}/{STUDENT_FILE}",
         "vision": f"{MULTIMODAL_DIR}/{VISION_FILE}",
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
