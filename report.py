@@ -1,4 +1,7 @@
-"""Teacher fidelity of a run at init and after each finished stage: python report.py run_name=NAME."""
+"""Teacher fidelity of a run at init and after each finished stage: python report.py run_name=NAME.
+
+Not an evaluate.py preset: it scores against the run's own teachers and held-out split, which only the training
+config rebuilds (evaluate.py's `fidelity` set scores any model against a teacher model on a text file)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,10 +1,12 @@
-"""Train one stage of the Jasper recipe: python train.py [stage=1|2|3] [overrides]. See README.md."""
+"""Train one stage of the Jasper recipe: python train.py [stage=1|2|3|4] [overrides]. See README.md."""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.train import RunRefused, run
+from jasper.train import RunRefused, check_overrides, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -16,4 +18,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # before Hydra composes: an override of the stage_settings view is refused, naming the key to use
+        check_overrides(sys.argv[1:])
+    except RunRefused as error:
+        raise SystemExit(f"error: {error}") from None
     main()

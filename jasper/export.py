@@ -27,136 +27,29 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 import yaml
 from torch import nn
 
-from jasper.checkpoints import STUDENT_FILE, read_student_state
+from jasper.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_student: export's API since it began)
+    EXPORT_FILE,
+    STUDENT_FILE,
+    is_deepspeed_dir,
+    load_student,
+)
+from jasper.config import packaged_minilm
+from jasper.evaluation.report import load_json, markdown_table
 from jasper.student import FC1, Student
+from jasper.vision import VISION_FILE, MultimodalStudent, load_vision
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILE = "jasper_export.json"
-STUDENT_KEYS = (
-    "model_name_or_path",
-    "fc1_dim",
-    "mrl_dims",
-    "mrl_mode",
-    "num_layers",
-    "max_length",
-    "prompt",
-    "encoder_config",
-    "tokenizer",
-)
 
-
-# Reading checkpoints.
-VISION_FILE = "vision.pt"
 MULTIMODAL_DIR = "multimodal"
-
-
-def is_deepspeed_dir(path: str | Path) -> bool:
-    """A DeepSpeed checkpoint directory (Lightning writes ``<name>.ckpt/`` as one): a ``latest`` file or a tag
-    folder holding ``*model_states.pt``."""
-    path = Path(path)
-    return path.is_dir() and ((path / "latest").is_file() or any(path.glob("*/*model_states.pt")))
-
-
-def convert_deepspeed(path: str | Path, output_file: str | Path) -> Path:
-    """Consolidate a ZeRO-2/3 checkpoint directory into one fp32 Lightning checkpoint file (needs deepspeed)."""
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-    path = Path(path)
-    if (path / "latest").is_file():
-        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(output_file))
-        return Path(output_file)
-    # No `latest` pointer: the single tag folder holding the states. Lightning's converter reads `latest` even when
-    # given the tag, so it converts a view of the directory that has one (the tag folder linked, not copied).
-    tags = sorted({p.parent.name for p in path.glob("*/*model_states.pt")})
-    if len(tags) != 1:
-        raise ValueError(f"{path}: no 'latest' file and tag folders {tags}; point at one checkpoint")
-    with tempfile.TemporaryDirectory() as view:
-        (Path(view) / tags[0]).symlink_to((path / tags[0]).resolve(), target_is_directory=True)
-        (Path(view) / "latest").write_text(tags[0])
-        convert_zero_checkpoint_to_fp32_state_dict(view, str(output_file))
-    return Path(output_file)
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor], dict | None]:
-    """``(student config or None, student state dict, training config or None)`` from any supported source.
-
-    The training config is the checkpoint's ``hyper_parameters["config"]`` (Lightning / DeepSpeed) or the run's
-    ``.hydra/config.yaml`` beside a ``student.pt`` when it exists.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: give a student.pt, a Lightning .ckpt or a DeepSpeed checkpoint directory"
-        )
-    if path.is_dir():
-        if not is_deepspeed_dir(path):
-            raise ValueError(
-                f"{path} is a directory but not a DeepSpeed checkpoint (no 'latest', no */*model_states.pt)"
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            converted = convert_deepspeed(path, Path(tmp) / "fp32.ckpt")
-            return read_checkpoint(converted)
-    student_config, state = read_student_state(path)
-    train_config = None
-    payload_hparams = None
-    if student_config is None:  # Lightning checkpoint: the full run config is in its hyper-parameters
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        payload_hparams = (payload.get("hyper_parameters") or {}).get("config")
-        train_config = payload_hparams
-    hydra_config = path.parent / ".hydra" / "config.yaml"
-    if train_config is None and hydra_config.is_file():
-        train_config = yaml.safe_load(hydra_config.read_text())
-    return student_config, state, train_config
-
-
-def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping | None) -> dict:
-    """Rebuild kwargs of a Student from a training config's ``model`` section and the state dict's shapes."""
-    model = dict((train_config or {}).get("model") or {})
-    if not model.get("model_name_or_path") and not model.get("encoder_config"):
-        raise ValueError(
-            "the checkpoint has no student config and no training config naming model.model_name_or_path: "
-            "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
-        )
-    config = {k: model[k] for k in STUDENT_KEYS if k in model}
-    config["fc1_dim"] = int(state["fc1.weight"].shape[0])
-    heads = sorted({int(k.split(".")[1]) for k in state if k.startswith("heads.")}, reverse=True)
-    if heads:  # separate heads present in the weights win over the config (stage 1/2 .ckpt have none yet)
-        config["mrl_dims"] = heads
-    return config
-
-
-def load_student(path: str | Path, weights: bool = True, **overrides) -> tuple[Student, dict | None]:
-    """``(Student with the checkpoint's weights, training config or None)`` from student.pt / .ckpt / DeepSpeed dir.
-
-    ``overrides`` replace rebuild kwargs (e.g. ``max_length=128`` for faster evaluation). ``weights=False`` builds
-    the same student fresh (pretrained encoder layers, randomly initialised FC1 and heads): the run's init.
-    """
-    student_config, state, train_config = read_checkpoint(path)
-    config = dict(student_config) if student_config is not None else student_config_from(state, train_config)
-    if student_config is not None and not any(k.startswith("heads.") for k in state):
-        if config.get("mrl_mode") == "separate":
-            config["mrl_dims"] = []  # a stage-1/2 student.pt saved before its heads existed
-    config.update(overrides)
-    student = Student(**config)
-    if not weights:
-        return student.eval(), train_config
-    result = student.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit the student it describes: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    student.eval()
-    return student, train_config
 
 
 # Writing the sentence-transformers folder.
 def _dense(linear: nn.Linear):
+    # sentence-transformers: heavy, see build_sentence_transformer
     from sentence_transformers.sentence_transformer.modules import Dense
 
     dense = Dense(
@@ -171,6 +64,7 @@ def _dense(linear: nn.Linear):
 
 def build_sentence_transformer(student: Student, workdir: str | Path):
     """The student as an in-memory ``SentenceTransformer`` (its encoder is written to ``workdir`` and reloaded)."""
+    # sentence-transformers: heavy to import (seconds), and only writing the folder needs it
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router, Transformer
 
@@ -211,6 +105,7 @@ def tokenizer_type(student: Student) -> str | None:
     one architecture's config with another's tokenizer (``model=qwen2_1_5b_random``: Qwen2 + MiniLM's tokenizer).
     transformers 5 loads the tokenizer class registered for some model types (qwen2 among them) whatever
     tokenizer_config.json says; ``tokenizer_type`` overrides that. ``None`` when the folder loads as it is."""
+    # transformers' tokenizer registry: slow to import, and only this check needs it
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
     def plain(name) -> str:
@@ -291,30 +186,27 @@ def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
     that feeds image tokens to the encoder, so images need jasper: :func:`load_multimodal`."""
     multimodal = out_dir / MULTIMODAL_DIR
     multimodal.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(student_file, multimodal / "student.pt")
+    shutil.copyfile(student_file, multimodal / STUDENT_FILE)
     shutil.copyfile(tower_file, multimodal / VISION_FILE)
     info_file = out_dir / EXPORT_FILE
     info = json.loads(info_file.read_text())
     info["multimodal"] = {
-        "student": f"{MULTIMODAL_DIR}/student.pt",
+        "student": f"{MULTIMODAL_DIR}/{STUDENT_FILE}",
         "vision": f"{MULTIMODAL_DIR}/{VISION_FILE}",
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     log.info("exported the vision tower to %s (load with jasper.export.load_multimodal)", multimodal)
 
 
-def load_multimodal(export_dir: str | Path) -> Student:
-    """The exported student with its vision tower attached: ``encode(texts)`` and ``encode(images=[...])``."""
-    from jasper.vision import load_vision
-
+def load_multimodal(export_dir: str | Path) -> MultimodalStudent:
+    """The exported student with its vision tower: ``encode(texts)`` and ``encode(images=[...])``."""
     info = json.loads((Path(export_dir) / EXPORT_FILE).read_text())
     if "multimodal" not in info:
         raise ValueError(
             f"{export_dir} holds no vision tower: export a stage-4 student.pt (vision.pt beside it)"
         )
     student, _ = load_student(Path(export_dir) / info["multimodal"]["student"])
-    student.attach_vision(load_vision(Path(export_dir) / info["multimodal"]["vision"]).eval())
-    return student
+    return MultimodalStudent(student, load_vision(Path(export_dir) / info["multimodal"]["vision"])).eval()
 
 
 # Model card: models named by their names, never by a path of the machine that trained them.
@@ -330,8 +222,6 @@ def display_name(value: str) -> str:
     path = Path(text).expanduser()
     if not (text.startswith(("/", "~", "./", "../")) or path.exists()):
         return text  # a hub id (or a plain name)
-    from jasper.config import packaged_minilm
-
     try:
         if path.resolve() == Path(packaged_minilm()).resolve():
             return "sentence-transformers/all-MiniLM-L6-v2"
@@ -370,8 +260,6 @@ def student_scores(ckpt: str | Path) -> list:
     """This student's rows of the evaluation tables of its run (``<run>/eval/*/results.json``, as
     ``python evaluate.py run_name=RUN`` writes them), or none: a stage folder's student is the table's ``stageN``
     model (or its path under the run, for sweep jobs)."""
-    from jasper.evaluation.report import load_json
-
     stage = next((p for p in [Path(ckpt), *Path(ckpt).parents] if re.fullmatch(r"stage\d+", p.name)), None)
     if stage is None:
         return []
@@ -384,8 +272,6 @@ def student_scores(ckpt: str | Path) -> list:
 
 
 def _scores_table(scores: str | Path | Sequence) -> str:
-    from jasper.evaluation.report import load_json, markdown_table
-
     rows = load_json(scores) if isinstance(scores, str | Path) else list(scores)
     return markdown_table(rows)
 

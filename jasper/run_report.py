@@ -1,4 +1,8 @@
-"""How close a run's student is to its teachers, on held-out texts: at init and after each stage."""
+"""How close a run's student is to its teachers, on held-out texts: at init and after each stage.
+
+Separate from ``evaluate.py`` because it scores against the run's own teachers and held-out split, which only the
+training config (``teachers=``, ``data=``) rebuilds; ``evaluate.py`` takes models and files (its ``fidelity`` set
+is the same score against any model on any text file)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from jasper.checkpoints import STUDENT_FILE, load_student_weights
-from jasper.evaluation.fidelity import teacher_fidelity
+from jasper.checkpoints import STUDENT_FILE, load_student_weights, stage_students
 from jasper.evaluation.report import ResultRow, markdown_table, write_report
+from jasper.metrics import teacher_fidelity
 from jasper.student import FC1, Student
+from jasper.train import stage_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +38,6 @@ def fidelity_row(
     return ResultRow(model=name, metrics=metrics)
 
 
-def stage_students(run_dir: Path) -> list[tuple[str, Path]]:
-    """``(stageN, student.pt)`` for every stage of the run that has finished, in stage order."""
-    found = sorted(run_dir.glob(f"**/stage*/{STUDENT_FILE}"), key=lambda p: (p.parent.name, str(p)))
-    return [(str(p.parent.relative_to(run_dir)), p) for p in found]
-
-
 def report(cfg: DictConfig) -> str:
     """Build the run's teachers, student and held-out data from ``cfg``; score init and every finished stage."""
     run_dir = Path(cfg.paths.run_dir)
@@ -52,10 +51,10 @@ def report(cfg: DictConfig) -> str:
     )  # as in jasper.train.build: the same random FC1 and heads as stage 1 started from
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
-    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize)
+    batch = stage_settings(cfg).batch_size
+    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize, batch_size=batch)
     datamodule.setup("validate")
     texts, teacher = datamodule.val_set.texts, datamodule.val_set.teacher_vectors
-    batch = cfg.stage_settings.batch_size
     rows = [fidelity_row("init", student, texts, teacher, batch)]
     for name, path in stages:
         load_student_weights(student, path)

@@ -4,29 +4,38 @@
 | 1     | FC1 (encoder frozen, no grad)   | cos + sim + resim on FC1                                       |
 | 2     | FC1 + last k encoder layers     | cos + sim + resim on FC1                                       |
 | 3     | everything, MRL heads added     | sim + resim on every MRL head vs the full teacher (+ FC1 loss) |
+| 4     | the vision tower (jasper/stage4.py) | cos + sim + resim per head, image vs its caption's vector  |
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from jasper.cache import PooledFeatures, encode_sorted
+from jasper.cache import PooledFeatures
 from jasper.closed_form import ridge_fc1
 from jasper.data.datamodule import CachedRows
-from jasper.evaluation.fidelity import teacher_fidelity
+from jasper.encoders import encode_all
 from jasper.losses import DistillLoss
+from jasper.metrics import teacher_fidelity
 from jasper.student import FC1, Student
 
 log = logging.getLogger(__name__)
+FEATURE_BATCH = 64  # texts per batch when stage 1 runs its frozen encoder once for the closed-form FC1
 
 
 class DistillModule(L.LightningModule):
-    """What every stage shares: forward, loss logging, validation fidelity, optimiser and schedule."""
+    """What every stage shares: forward, loss logging, validation metrics, optimiser and schedule.
+
+    One training step serves every stage: ``losses(self(batch), self.teacher(batch))``. A stage names what trains
+    (``trainable_parameters``), which heads it trains (``trained_heads``) and its loss terms (``losses``); stage 4
+    also says what its student vectors and teacher are (``forward``, ``teacher``) and what validation measures
+    (``validation_metrics``).
+    """
 
     def __init__(
         self,
@@ -59,39 +68,53 @@ class DistillModule(L.LightningModule):
     def trained_heads(self) -> list[str]:
         return [FC1]
 
-    # Shared machinery.
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    # Hooks with the text stages' answer.
+    def forward(self, batch: dict[str, Tensor], heads: list[str] | None = None) -> dict[str, Tensor]:
+        """The student's vectors of the batch by head (``heads``; default: the trained ones)."""
+        heads = self.trained_heads() if heads is None else heads
         if "features" in batch:  # stage-1 feature cache: the frozen encoder's pooled states, precomputed
             if not self.student.encoder_frozen:
                 raise ValueError("cached features need a frozen encoder: feature_cache is for stage 1 only")
-            return self.student.project(
-                batch["features"].to(self.student.fc1.weight.dtype), self.trained_heads()
-            )
-        return self.student(batch["input_ids"], batch["attention_mask"], heads=self.trained_heads())
+            return self.student.project(batch["features"].to(self.student.fc1.weight.dtype), heads)
+        return self.student(batch["input_ids"], batch["attention_mask"], heads=heads)
 
+    def teacher(self, batch: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """What the student's vectors learn to match: the teachers' (cached) vectors of the batch's texts."""
+        return batch["teacher"]
+
+    def validation_metrics(self, outputs: list[tuple[dict[str, Tensor], Tensor]]) -> dict[str, float]:
+        """Metrics (logged as ``val/<name>``) of the held-out ``(student vectors by head, teacher)`` batches:
+        teacher fidelity of every head (``cosine_fc1``, ``spearman_<head>``; :func:`jasper.metrics.teacher_fidelity`)."""
+        teacher = torch.cat([t for _, t in outputs])
+        metrics = {}
+        for head in self.student.head_names:
+            scores = teacher_fidelity(torch.cat([v[head] for v, _ in outputs]), teacher)
+            if scores["cosine"] is not None:
+                metrics[f"cosine_{head}"] = scores["cosine"]
+            metrics[f"spearman_{head}"] = scores["spearman"]
+        return metrics
+
+    # Shared machinery.
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        terms = self.losses(self(batch), batch["teacher"])
-        size = len(batch["teacher"])
+        vectors = self(batch)
+        terms = self.losses(vectors, self.teacher(batch))
+        size = len(next(iter(vectors.values())))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "total"}, batch_size=size)
         self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=size)
         return terms["total"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        vectors = self.student(batch["input_ids"], batch["attention_mask"])
-        terms = self.losses({k: vectors[k] for k in self.trained_heads()}, batch["teacher"])
-        self.log("val/loss", terms["total"], batch_size=len(batch["teacher"]))
-        self._val_outputs.append(({k: v.cpu() for k, v in vectors.items()}, batch["teacher"].cpu()))
+        vectors = self(batch, heads=self.student.head_names)
+        teacher = self.teacher(batch)
+        terms = self.losses({k: vectors[k] for k in self.trained_heads()}, teacher)
+        self.log("val/loss", terms["total"], batch_size=len(next(iter(vectors.values()))))
+        self._val_outputs.append((_cpu(vectors), _cpu(teacher)))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        teacher = torch.cat([t for _, t in self._val_outputs])
-        for head in self.student.head_names:
-            student = torch.cat([v[head] for v, _ in self._val_outputs])
-            scores = teacher_fidelity(student, teacher)
-            if scores["cosine"] is not None:
-                self.log(f"val/cosine_{head}", scores["cosine"])
-            self.log(f"val/spearman_{head}", scores["spearman"])
+        for name, value in self.validation_metrics(self._val_outputs).items():
+            self.log(f"val/{name}", value)
         self._val_outputs.clear()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -142,7 +165,7 @@ class Stage1(DistillModule):
         if dataset.features is not None:
             features = as_tensor(dataset.features)
         else:  # no stage-1 feature cache: run the frozen encoder once over the training texts
-            features = encode_sorted(PooledFeatures(self.student), dataset.texts, batch_size=64)
+            features = encode_all(PooledFeatures(self.student), dataset.texts, batch_size=FEATURE_BATCH)
         weight, bias = ridge_fc1(features, teacher, self.closed_form)
         with torch.no_grad():
             self.student.fc1.weight.copy_(weight)
@@ -159,6 +182,10 @@ class Stage1(DistillModule):
 
 def as_tensor(table: Tensor | CachedRows) -> Tensor:
     return table if isinstance(table, Tensor) else table.tensor()
+
+
+def _cpu(value: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    return {k: v.cpu() for k, v in value.items()} if isinstance(value, dict) else value.cpu()
 
 
 class Stage2(Stage1):
@@ -187,7 +214,9 @@ class Stage3(DistillModule):
     ``head_init="fc1_prefix"`` starts each head of size d as FC1's first d outputs, so its vectors begin as a
     projection of the trained FC1 vector rather than a random one: random heads give large similarity losses whose
     gradients also reach the encoder and pull FC1 away from the teachers early in the stage. ``"random"`` keeps
-    the heads as they are (the paper does not say how FC2-FC4 start).
+    the heads as they are (the paper does not say how FC2-FC4 start). Heads that a stage already trained
+    (``init_from`` a stage-3 student: ``student.heads_trained``) keep their weights either way. A head wider than
+    FC1 gets FC1's rows and keeps random ones beyond them (the student warns when it is built).
 
     ``head_teacher="fc1"``: the heads learn the student's own FC1 vectors (detached) instead of the teachers'
     (self-distillation, the paper's proposed but untested idea); ``"teacher"``: the teachers' vectors (paper).
@@ -223,8 +252,7 @@ class Stage3(DistillModule):
         self.head_lr = head_lr
         super().__init__(student, loss, **kwargs)
         if head_init == "fc1_prefix":
-            init_heads_from_fc1(student)
-        student.fresh_heads = set()  # stage 3 trains every head
+            init_heads_from_fc1(student, skip=student.heads_trained)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
@@ -257,200 +285,15 @@ class Stage3(DistillModule):
 
 
 @torch.no_grad()
-def init_heads_from_fc1(student: Student) -> None:
-    """Each fresh separate head of size d <= FC1's takes FC1's first d rows (weights and bias); heads loaded
-    with trained weights (``init_from`` a stage-3 student) keep them."""
+def init_heads_from_fc1(student: Student, skip: Collection[str] = ()) -> None:
+    """Each separate head of size d takes FC1's first min(d, FC1) rows (weights and bias), except the heads in
+    ``skip`` (already trained: they keep their weights)."""
+    kept = sorted(set(skip) & set(student.heads), key=int)
+    if kept:
+        log.info("heads %s keep their trained weights (head_init=fc1_prefix starts only the others)", kept)
     for name, head in student.heads.items():
-        if name not in student.fresh_heads:
+        if name in kept:
             continue
         rows = min(int(name), student.fc1_dim)
         head.weight[:rows].copy_(student.fc1.weight[:rows])
         head.bias[:rows].copy_(student.fc1.bias[:rows])
-
-
-class Stage4(DistillModule):
-    """The vision tower learns to put an image where the student puts its caption.
-
-    Image tokens (:class:`jasper.vision.VisionTower`: timm encoder, k x k pooling, MLP projector) enter the student's
-    language model as input embeddings, then go through its mean pooling, FC1 and heads. The teacher of each head is
-    the caption's vector from the *same* head of the frozen text path (no autograd), so dimensions match and the
-    cosine term applies on every head (stage 3 could not use it only because a reduced head was compared with the
-    full teacher). Per head: cos + sim + resim (``loss``); the heads' totals are averaged.
-
-    ``vision``: a tower, or a factory taking ``embed_dim`` (the config's ``_partial_`` VisionTower).
-    ``train_text``: also train the language model and heads (default: frozen, as in the paper).
-    ``vision_init_from``: a ``vision.pt`` or stage-4 ``.ckpt`` to continue from. ``save_path``: where the tower
-    is written at the end of fit (``vision.pt`` beside ``student.pt``). ``report_dir``: where the held-out
-    image<->caption recall before and after training is written (``image_retrieval.{json,md}``).
-    ``loss_weights``: stage 4's own overrides of ``loss=`` (``cosine``, ``similarity``, ``relative_similarity``,
-    ``margin``); the embedded default raises the cosine weight (conf/vision/minilm_l3.yaml, docs/vision.md).
-    """
-
-    def __init__(
-        self,
-        student: Student,
-        loss: DistillLoss,
-        vision,
-        train_text: bool = False,
-        vision_init_from: str | None = None,
-        save_path: str | None = None,
-        report_dir: str | None = None,
-        loss_weights: dict | None = None,
-        **kwargs,
-    ) -> None:
-        from jasper.vision import VisionTower, load_vision_weights
-
-        if vision is None:
-            raise ValueError(
-                f"stage 4 needs a vision tower but no vision config is selected for model {student.model_name_or_path}: "
-                "add vision=tiny (or vision=siglip_so400m) to the command line"
-            )
-        tower = (
-            vision
-            if isinstance(vision, VisionTower)
-            else vision(embed_dim=student.encoder.config.hidden_size)
-        )
-        if vision_init_from:
-            load_vision_weights(tower, vision_init_from)
-        if loss_weights:  # stage 4's own weights on top of loss= (the other stages keep loss= as it is)
-            unknown = set(loss_weights) - {"cosine", "similarity", "relative_similarity", "margin"}
-            if unknown:
-                raise ValueError(f"stages.stage4.module.loss_weights: unknown keys {sorted(unknown)}")
-            loss = DistillLoss(
-                **{
-                    "cosine": loss.weights["cos"],
-                    "similarity": loss.weights["sim"],
-                    "relative_similarity": loss.weights["resim"],
-                    "margin": loss.margin,
-                    "gather_across_ranks": loss.gather_across_ranks,
-                    **loss_weights,
-                }
-            )
-        self.train_text = train_text  # read by trainable_parameters() during the base __init__
-        super().__init__(student, loss, **kwargs)
-        self.vision = tower
-        self.vision.requires_grad_(True)
-        self.student.attach_vision(tower)
-        self.save_path = save_path
-        self.report_dir = report_dir
-        self.recall_before: dict[str, float] | None = None
-        self._val_pairs: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
-        self._caption_cache: dict[str, dict[str, Tensor]] = {}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters()) if self.train_text else []
-
-    def trained_heads(self) -> list[str]:
-        return self.student.head_names
-
-    def forward(self, batch: dict) -> dict[str, Tensor]:
-        from jasper.vision import image_vectors
-
-        return image_vectors(self.student, self.vision, batch["pixels"], heads=self.trained_heads())
-
-    def caption_vectors(self, batch: dict) -> dict[str, Tensor]:
-        """The teacher: the captions' vectors from the student's text path, without autograd. While the text path
-        is frozen they never change, so each caption is encoded once and kept (on CPU)."""
-        heads = self.trained_heads()
-        with torch.no_grad():
-            if self.train_text or "captions" not in batch:
-                return self.student(batch["input_ids"], batch["attention_mask"], heads=heads)
-            captions = batch["captions"]
-            missing = [i for i, c in enumerate(captions) if c not in self._caption_cache]
-            if missing:
-                rows = torch.tensor(missing, device=batch["input_ids"].device)
-                fresh = self.student(batch["input_ids"][rows], batch["attention_mask"][rows], heads=heads)
-                for j, i in enumerate(missing):
-                    self._caption_cache[captions[i]] = {h: fresh[h][j].cpu() for h in heads}
-            return {
-                h: torch.stack([self._caption_cache[c][h] for c in captions]).to(self.device) for h in heads
-            }
-
-    def losses(self, vectors: dict[str, Tensor], teacher: dict[str, Tensor]) -> dict[str, Tensor]:
-        terms: dict[str, Tensor] = {}
-        total = 0.0
-        for head in self.trained_heads():
-            head_terms, head_total = self.head_losses(head, vectors[head], teacher[head], use_cosine=True)
-            terms.update(head_terms)
-            total = total + head_total
-        return {**terms, "total": total / len(self.trained_heads())}
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "transform", None) is None:
-            datamodule.transform = self.vision.transform  # the tower's own timm preprocessing
-
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        teacher = self.caption_vectors(batch)
-        terms = self.losses(self(batch), teacher)
-        size = len(batch["pixels"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "total"}, batch_size=size)
-        self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=size)
-        return terms["total"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images, captions = self(batch), self.caption_vectors(batch)
-        self.log("val/loss", self.losses(images, captions)["total"], batch_size=len(batch["pixels"]))
-        self._val_pairs.append(
-            ({k: v.cpu() for k, v in images.items()}, {k: v.cpu() for k, v in captions.items()})
-        )
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_pairs:
-            return
-        for head, scores in self._recall(self._val_pairs).items():
-            for name, value in scores.items():
-                self.log(f"val/{head}/{name}", value)
-        self._val_pairs.clear()
-
-    @staticmethod
-    def _recall(outputs: list[tuple[dict[str, Tensor], dict[str, Tensor]]]) -> dict[str, dict[str, float]]:
-        from jasper.evaluation.image_retrieval import pair_recall
-
-        heads = outputs[0][0].keys()
-        return {
-            head: {
-                k.replace("image->caption ", "i2t_").replace("caption->image ", "t2i_"): v
-                for k, v in pair_recall(
-                    torch.cat([i[head] for i, _ in outputs]), torch.cat([c[head] for _, c in outputs])
-                ).items()
-            }
-            for head in heads
-        }
-
-    @torch.no_grad()
-    def held_out_recall(self) -> list:
-        """Rows (:class:`jasper.evaluation.report.ResultRow`) of held-out recall, one per head."""
-        from jasper.evaluation.image_retrieval import pair_recall
-        from jasper.evaluation.report import ResultRow
-
-        datamodule = self.trainer.datamodule
-        was_training = self.training
-        self.eval()
-        outputs = []
-        for batch in datamodule.val_dataloader():
-            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            outputs.append(({k: v.cpu() for k, v in self(batch).items()}, self.caption_vectors(batch)))
-        self.train(was_training)
-        rows = []
-        for head in self.trained_heads():
-            images = torch.cat([i[head] for i, _ in outputs])
-            captions = torch.cat([c[head].cpu() for _, c in outputs])
-            metrics = {**pair_recall(images, captions), "chance R@1": 1.0 / len(images)}
-            rows.append(ResultRow("", head, self.student.head_dim(head), metrics))
-        return rows
-
-    def on_fit_start(self) -> None:
-        if self.report_dir and self.trainer.is_global_zero:
-            self.recall_before = self.held_out_recall()
-
-    def on_fit_end(self) -> None:
-        from jasper.evaluation.image_retrieval import write_before_after
-        from jasper.vision import save_vision
-
-        if not self.trainer.is_global_zero:
-            return
-        if self.save_path:
-            save_vision(self.vision, self.save_path)
-        if self.report_dir:
-            write_before_after(self.recall_before or [], self.held_out_recall(), self.report_dir)

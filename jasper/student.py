@@ -8,135 +8,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
+from transformers import AutoTokenizer
+
+from jasper.encoders import (
+    enable_gradient_checkpointing,
+    encode_sorted,
+    encoder_layers,
+    load_encoder,
+    mean_pool,
+)
 
 log = logging.getLogger(__name__)
 
 FC1 = "fc1"
 MRL_MODES = ("separate", "prefix")
-
-
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Average the token states that the mask keeps: ``(B, L, H), (B, L) -> (B, H)``."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-def check_model_path(model_name_or_path: str) -> None:
-    """A path that is clearly local (absolute, ./, ../, ~) must exist; anything else is a hub id."""
-    if (
-        str(model_name_or_path).startswith(("/", "./", "../", "~"))
-        and not Path(model_name_or_path).expanduser().exists()
-    ):
-        raise FileNotFoundError(
-            f"model folder {model_name_or_path} does not exist: fix model_name_or_path in the student or teachers "
-            "config (a local folder, or a hub id such as NovaSearch/stella_en_1.5B_v5)"
-        )
-
-
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-
-
-def check_attn_implementation(attn_implementation: str | None) -> None:
-    """``model.attn_implementation``: sdpa (default), eager, or flash_attention_2 where the flash-attn package is
-    installed (it needs a CUDA GPU and bf16/fp16 weights)."""
-    if attn_implementation is None:
-        return
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"model.attn_implementation={attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS} (or null for "
-            "transformers' default)"
-        )
-    if attn_implementation == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
-        if not is_flash_attn_2_available():
-            raise ImportError(
-                "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA GPU, and "
-                "flash-attn is not installed here: pip install flash-attn, or use model.attn_implementation=sdpa"
-            )
-
-
-def _keep_layers(config, num_layers: int | None, source: str):
-    """``config`` cut to its first ``num_layers`` layers (``None``: all of them)."""
-    if num_layers is None:
-        return config
-    total = config.num_hidden_layers
-    if not 1 <= num_layers <= total:
-        raise ValueError(
-            f"model.num_layers={num_layers} but {source} has {total} layers: choose 1..{total}, "
-            "or null to keep them all"
-        )
-    config.num_hidden_layers = num_layers
-    # Decoder configs (Qwen2, ...) carry one entry per layer; it must shrink with the layer count.
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = list(config.layer_types)[:num_layers]
-    return config
-
-
-def load_encoder(
-    model_name_or_path: str | None,
-    num_layers: int | None = None,
-    revision: str | None = None,
-    encoder_config: Mapping | None = None,
-    attn_implementation: str | None = None,
-) -> nn.Module:
-    """``AutoModel`` keeping only the first ``num_layers`` layers (a small student initialised from a bigger model).
-
-    ``encoder_config`` (a transformers config as a mapping with its ``model_type``) instead of a model path builds
-    the encoder from the config alone, with random weights: nothing is read or downloaded. The encoder runs as an
-    encoder: decoders (Qwen2, ...) keep no key/value cache.
-    """
-    check_attn_implementation(attn_implementation)
-    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if encoder_config is not None:
-        if model_name_or_path is not None:
-            raise ValueError(
-                "give model.model_name_or_path (pretrained weights) or model.encoder_config (random weights from a "
-                "config), not both: set the other to null"
-            )
-        fields = dict(encoder_config)
-        if "model_type" not in fields:
-            raise ValueError("model.encoder_config needs a model_type (e.g. qwen2, bert)")
-        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        config = _keep_layers(config, num_layers, "model.encoder_config")
-        config.use_cache = False
-        return AutoModel.from_config(config, **attention)
-    if model_name_or_path is None:
-        raise ValueError(
-            "model.model_name_or_path is null and no model.encoder_config is given: set one of them"
-        )
-    check_model_path(model_name_or_path)
-    config = AutoConfig.from_pretrained(model_name_or_path, revision=revision)
-    config.use_cache = False
-    if num_layers is not None:
-        config = _keep_layers(config, num_layers, model_name_or_path)
-        # Layers beyond num_layers are simply not loaded: silence transformers' report of them as unused weights.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            return AutoModel.from_pretrained(
-                model_name_or_path, config=config, revision=revision, **attention
-            )
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
-
-
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers, whatever the architecture calls it."""
-    count = encoder.config.num_hidden_layers
-    for _, module in encoder.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"cannot find the {count} transformer layers of {type(encoder).__name__}")
+STUDENT_KEYS = (
+    "model_name_or_path",
+    "fc1_dim",
+    "mrl_dims",
+    "mrl_mode",
+    "num_layers",
+    "max_length",
+    "prompt",
+    "encoder_config",
+    "tokenizer",
+)
+"""What ``Student.describe`` records: the keyword arguments that rebuild a student (``student.pt`` and export)."""
 
 
 class Student(nn.Module):
@@ -199,12 +101,10 @@ class Student(nn.Module):
         self.heads = nn.ModuleDict(
             {str(d): nn.Linear(hidden, d) for d in mrl_dims} if mrl_mode == "separate" else {}
         )
-        # Separate heads that hold no trained weights yet: stage 3 starts these (and only these) from FC1.
-        self.fresh_heads: set[str] = set(self.heads)
         self.encoder_frozen = False
-        self.__dict__["vision"] = (
-            None  # an attached VisionTower (stage 4), not a submodule: see attach_vision
-        )
+        # MRL heads that a stage has trained (read with the weights, jasper.checkpoints.load_student_weights):
+        # stage 3's head_init leaves them as they are.
+        self.heads_trained: set[str] = set()
 
     @property
     def head_names(self) -> list[str]:
@@ -257,53 +157,32 @@ class Student(nn.Module):
         hidden = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask)
 
-    def attach_vision(self, tower: nn.Module | None) -> None:
-        """Let ``encode(images=...)`` use ``tower`` (a :class:`jasper.vision.VisionTower`). The tower is referenced,
-        not registered: ``state_dict()`` and ``student.pt`` stay the text model (the tower saves as ``vision.pt``)."""
-        self.__dict__["vision"] = tower
-
     @torch.inference_mode()
     def encode(
         self,
-        texts: Sequence[str] | None = None,
+        texts: Sequence[str],
         head: str = FC1,
         batch_size: int = 64,
         show_progress: bool | None = None,
-        images: Sequence | None = None,
     ) -> Tensor:
-        """Normalised vectors ``(N, d)`` (float32, CPU) of one head, in the order of ``texts``.
-
-        ``images=[...]`` (paths or PIL images) instead of texts: vectors of the same space through the attached
-        vision tower (:meth:`attach_vision`, stage 4).
-        """
+        """Normalised vectors ``(N, d)`` (float32, CPU) of one head, in the order of ``texts`` (images:
+        :class:`jasper.vision.MultimodalStudent`)."""
         if head not in self.head_names:
             raise KeyError(f"unknown head {head!r}; this student has {self.head_names}")
-        if images is not None:
-            if texts is not None:
-                raise ValueError("encode texts or images, not both in one call")
-            if self.vision is None:
-                raise ValueError(
-                    "encode(images=...) needs a vision tower: student.attach_vision(jasper.vision.load_vision(path))"
-                )
-            from jasper.vision import encode_images
-
-            return encode_images(self, self.vision, images, head, batch_size)
-        if texts is None:
-            raise ValueError("encode needs texts (or images=...)")
         texts = list(texts)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        # Batches of similar length pad less; the original order is restored at the end.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+
+        def encode_batch(batch_texts: list[str]) -> Tensor:
+            batch = self.tokenize(batch_texts).to(device)
+            return self(batch["input_ids"], batch["attention_mask"], heads=[head])[head]
+
         show = len(texts) > 10 * batch_size if show_progress is None else show_progress
-        chunks = []
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"encode ({head})", disable=not show):
-            batch = self.tokenize([texts[i] for i in order[start : start + batch_size]]).to(device)
-            chunks.append(self(batch["input_ids"], batch["attention_mask"], heads=[head])[head].cpu())
+        with tqdm(total=len(texts), desc=f"encode ({head})", unit="text", disable=not show) as bar:
+            vectors = encode_sorted(encode_batch, texts, batch_size, self.head_dim(head), bar)
         self.train(was_training)
-        vectors = torch.cat(chunks) if chunks else torch.empty(0, self.head_dim(head))
-        return vectors[torch.argsort(torch.tensor(order))] if order else vectors
+        return vectors
 
     def head_dim(self, head: str) -> int:
         return self.fc1_dim if head == FC1 else int(head)
@@ -321,30 +200,6 @@ class Student(nn.Module):
             **({"encoder_config": self.encoder_config} if self.encoder_config is not None else {}),
             **({"tokenizer": self.tokenizer_path} if self.tokenizer_path is not None else {}),
         }
-
-
-def enable_gradient_checkpointing(encoder: nn.Module) -> None:
-    """Recompute each layer's activations in the backward pass. Non-reentrant, so layers whose input needs no
-    gradient (the first trained layer of stage 2, above frozen ones) still give their parameters gradients."""
-    if not getattr(encoder, "supports_gradient_checkpointing", False):
-        raise ValueError(
-            f"{type(encoder).__name__} does not support gradient checkpointing: set model.gradient_checkpointing=false"
-        )
-    kwargs = {"use_reentrant": False}
-    if hasattr(
-        encoder, "activation_checkpointing_enable"
-    ):  # transformers >= 5.2x; the old name is deprecated
-        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def is_checkpointing(encoder: nn.Module) -> bool:
-    """Whether ``encoder`` recomputes activations in the backward pass (either transformers name of the flag)."""
-    flag = getattr(type(encoder), "is_activation_checkpointing", None)
-    return bool(
-        encoder.is_activation_checkpointing if flag is not None else encoder.is_gradient_checkpointing
-    )
 
 
 def _plain(value):
@@ -366,6 +221,17 @@ def _check_heads(fc1_dim: int, mrl_dims: list[int], mrl_mode: str) -> None:
         raise ValueError(f"model.mrl_dims has non-positive dimension(s) {bad}; every head needs a size >= 1")
     if len(set(mrl_dims)) != len(mrl_dims):
         raise ValueError(f"model.mrl_dims={mrl_dims} repeats a dimension; each head needs its own size")
+    wide = [d for d in mrl_dims if d > fc1_dim]
+    if mrl_mode == "separate" and wide:
+        log.warning(
+            "model.mrl_dims has head(s) %s wider than FC1 (%d, the teachers' dimension): such a head adds no "
+            "information the teachers hold, and stage 3 can start only its first %d rows from FC1 (the rest "
+            "stay random); use dimensions <= %d",
+            wide,
+            fc1_dim,
+            fc1_dim,
+            fc1_dim,
+        )
     if mrl_mode == "prefix":
         too_big = [d for d in mrl_dims if d > fc1_dim]
         if too_big:

@@ -157,6 +157,7 @@ def summarise(sweep_dir: str | Path, maximize: bool = True, since: float = 0.0) 
 def plot(jobs: Sequence[Mapping], params: Mapping[str, list[str]], metric: str, path: Path) -> None:
     """The optimised metric against each swept parameter (one panel each; values in sorted order). Uses the Agg
     canvas directly, so it never touches the global backend or a display."""
+    # matplotlib: heavy, and only the plot needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -227,7 +228,7 @@ class OptunaSweeper(Sweeper):
         self.launcher = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
+        from hydra.core.plugins import Plugins  # Hydra's plugin registry: only a running sweeper needs it
 
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -247,7 +248,7 @@ class OptunaSweeper(Sweeper):
         return suggest(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
 
     def sweep(self, arguments: list[str]) -> list:
-        import optuna
+        import optuna  # heavy (sqlalchemy): only hparams_search=optuna needs it
 
         swept = [
             a for a in arguments if "," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[")

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from jasper.encoders import check_finite, check_model_path, encode_all, load_encoder, mean_pool
 from jasper.model_files import (
     config_value,
     folder_digest,
@@ -33,7 +34,6 @@ from jasper.model_files import (
     sentence_transformer_layers,
     sentence_transformer_max_length,
 )
-from jasper.student import check_model_path, load_encoder, mean_pool
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls", "last")
@@ -320,30 +320,12 @@ class TeacherEnsemble:
 
     def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
         """``(N, sum of teacher dims)`` float32 vectors; raises on NaN/inf so bad vectors never reach training."""
-        # Longest first, so each batch pads little and memory peaks at the start; rows return in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        ordered = [texts[i] for i in order]
-        step = self.batch_size * 8
         parts = []
         for teacher in self.teachers:
-            chunks = [
-                teacher.encode(ordered[start : start + step], self.batch_size)
-                for start in tqdm(
-                    range(0, len(ordered), step), desc=f"teacher {teacher.name}", disable=not show_progress
-                )
-            ]
-            part = torch.cat(chunks) if chunks else torch.empty(0, teacher.dim)
+            with tqdm(
+                total=len(texts), desc=f"teacher {teacher.name}", unit="text", disable=not show_progress
+            ) as bar:
+                part = encode_all(teacher, texts, self.batch_size, bar)
             check_finite(part, teacher.name)
             parts.append(F.normalize(part, dim=-1))
-        vectors = F.normalize(torch.cat(parts, dim=-1), dim=-1)
-        return vectors[torch.argsort(torch.tensor(order, dtype=torch.long))] if order else vectors
-
-
-def check_finite(vectors: Tensor, source: str) -> None:
-    bad = ~torch.isfinite(vectors).all(dim=-1)
-    if bad.any():
-        rows = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(
-            f"{int(bad.sum())} vector(s) from {source} contain NaN/inf (first rows: {rows}); "
-            "check the teacher's dtype (fp16 overflow: try dtype=bfloat16 or float32) and the input texts"
-        )
+        return F.normalize(torch.cat(parts, dim=-1), dim=-1)

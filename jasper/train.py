@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,44 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
 from jasper.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
+from jasper.losses import DistillLoss
+from jasper.student import Student
 from jasper.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
+from jasper.vision import VisionTower, load_vision_weights
 
 log = logging.getLogger(__name__)
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
+
+
+LOSS_WEIGHTS = ("cosine", "similarity", "relative_similarity", "margin")  # what stages.stageN.loss sets
 
 
 def check_stage(cfg: DictConfig) -> None:
     available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
     if cfg.stage not in available:
         raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+
+
+def stage_settings(cfg: DictConfig) -> DictConfig:
+    """The running stage's settings, ``stages.stage<stage>``: the one place Python reads them; everything below
+    ``build`` receives what it needs from them (``stage_settings`` in the YAML is a view for interpolations)."""
+    check_stage(cfg)
+    return cfg.stages[f"stage{cfg.stage}"]
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse an override of the ``stage_settings`` view (Hydra's own error would only say it cannot), naming the
+    key that holds the setting: ``stages.stage<N>.<key>``."""
+    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "1")
+    stage = stage if stage.isdigit() else "N"
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "stage_settings" or key.startswith("stage_settings."):
+            rest = key.removeprefix("stage_settings").lstrip(".")
+            raise RunRefused(
+                f"{override}: stage_settings is a read-only view of the running stage's settings; override "
+                f"stages.stage{stage}{'.' + rest if rest else ''}={value or '...'} instead"
+            )
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -99,26 +128,10 @@ class StageProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
 
 
-LOSS_KEYS = ("cosine", "similarity", "relative_similarity", "margin")
-
-
-def stage_loss(cfg: DictConfig) -> DictConfig:
-    """``cfg.loss`` with the running stage's weights (``stages.stageN.loss``: loss='s unless a stage sets its own,
-    e.g. ``stages.stage2.loss.similarity=0``), so one run can train stage 2 with the cosine loss alone and stage
-    3's heads with the in-batch terms."""
-    own = OmegaConf.to_container(cfg.stage_settings.get("loss") or {}, resolve=True)
-    unknown = sorted(set(own) - set(LOSS_KEYS))
-    if unknown:
-        raise ValueError(
-            f"stages.stage{cfg.stage}.loss has unknown key(s) {unknown}: it sets the stage's {list(LOSS_KEYS)}"
-        )
-    return OmegaConf.merge(cfg.loss, own)
-
-
-def stage_data(cfg: DictConfig) -> DictConfig:
+def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
     """``cfg.data``, unless the stage names data of another kind (stage 4: image-caption pairs) and ``data=`` is a
     text corpus: then the stage's own default (``stages.stage4.data``)."""
-    own = cfg.stage_settings.get("data")
+    own = settings.get("data")
     if own is None or cfg.data.get("_target_") == own.get("_target_"):
         return cfg.data
     log.info(
@@ -131,15 +144,48 @@ def stage_data(cfg: DictConfig) -> DictConfig:
     return own
 
 
+def stage_loss(loss: DictConfig, weights: DictConfig | None, stage: int) -> DistillLoss:
+    """``loss=`` with the stage's own weights on top: ``stages.stage<N>.loss`` follows ``loss=`` unless the stage
+    sets its own (``stages.stage2.loss.similarity=0``), so one run can train stage 2 with the cosine term alone and
+    stage 3's heads with the in-batch terms."""
+    weights = (
+        OmegaConf.to_container(weights, resolve=True) if isinstance(weights, DictConfig) else weights or {}
+    )
+    unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
+    if unknown:
+        raise ValueError(
+            f"stages.stage{stage}.loss has unknown key(s) {unknown}: it sets {list(LOSS_WEIGHTS)}"
+        )
+    return instantiate(loss, **weights)
+
+
+def build_tower(settings: DictConfig, student: Student, stage: int) -> VisionTower | None:
+    """The stage's vision tower (``stages.stage<N>.vision``, stage 4: from ``vision=``) in the student's input
+    space, continued from ``vision_init_from`` when set; None for a stage without one."""
+    if "vision" not in settings:
+        return None
+    if settings.vision is None:
+        raise ValueError(
+            f"stage {stage} needs a vision tower but no vision config is selected for model "
+            f"{student.model_name_or_path}: add vision=tiny (or vision=siglip_so400m) to the command line"
+        )
+    tower = instantiate(settings.vision)
+    if not isinstance(tower, VisionTower):  # the configs' _partial_ tower: it takes the student's hidden size
+        tower = tower(embed_dim=student.encoder.config.hidden_size)
+    if settings.get("vision_init_from"):
+        load_vision_weights(tower, settings.vision_init_from)
+    return tower
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
     check_accelerator(cfg)
-    check_stage(cfg)
+    settings = stage_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
     init_from = resolve_init_from(
-        cfg.stage_settings.init_from,
+        settings.init_from,
         cfg.stage,
         cfg.paths.output_dir,
         cfg.paths.run_dir,
@@ -147,12 +193,26 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     )
     if init_from is not None:
         load_student_weights(student, init_from)
+    tower = build_tower(settings, student, cfg.stage)
+    data_extra: dict[str, Any] = {}
     # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
-    features = {"features": student} if cfg.stage_settings.get("feature_cache", False) else {}
-    datamodule = instantiate(stage_data(cfg), teachers=teachers, tokenize=student.tokenize, **features)
-    module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(stage_loss(cfg)))
+    if settings.get("feature_cache", False):
+        data_extra["features"] = student
+    if tower is not None:  # image data: the tower's own preprocessing
+        data_extra["transform"] = tower.transform
+    datamodule = instantiate(
+        stage_data(cfg, settings),
+        teachers=teachers,
+        tokenize=student.tokenize,
+        batch_size=settings.batch_size,
+        **data_extra,
+    )
+    module_extra = {"vision": tower} if tower is not None else {}
+    loss = stage_loss(cfg.loss, settings.get("loss"), cfg.stage)
+    module = instantiate(settings.module, student=student, loss=loss, **module_extra)
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    configured = [*(cfg.get("callbacks") or {}).values(), *(settings.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in configured if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return module, datamodule, trainer
@@ -160,7 +220,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
 
 def oom_message(cfg: DictConfig) -> str:
     """What to change when a stage's batch does not fit in GPU memory (one line)."""
-    batch = cfg.stage_settings.batch_size
+    batch = stage_settings(cfg).batch_size
     checkpointing = bool(cfg.model.get("gradient_checkpointing", False))
     fix = (
         "lower it"

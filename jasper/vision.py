@@ -8,9 +8,9 @@ tokenizers), then go through the usual mean pooling, FC1 and heads: one model, o
     images -> timm ViT -> patch tokens (B, N, D) -> grid (B, D, g, g) -> adaptive avg pool (B, k*k, D)
            -> MLP (B, k*k, H) -> [prefix] + tokens + [suffix] -> student encoder -> mean pool -> FC1 / heads
 
-The tower is attached to the student (``student.attach_vision(tower)``) but not owned by it: ``student.pt`` stays
-the text model that stages 1-3 and export read, and ``vision.pt`` beside it holds the tower (:func:`save_vision`,
-:func:`load_vision`).
+The tower is not part of the student: ``student.pt`` stays the text model that stages 1-3 and export read, and
+``vision.pt`` beside it holds the tower (:func:`save_vision`, :func:`load_vision`). :class:`MultimodalStudent`
+holds both as submodules (``.to()``, ``.eval()`` reach both) and encodes texts or images into the one space.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from jasper.student import Student
+from jasper.encoders import load_rgb
+from jasper.student import FC1, Student
 
 log = logging.getLogger(__name__)
 VISION_FILE = "vision.pt"
@@ -55,7 +53,7 @@ class VisionTower(nn.Module):
         pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
-        import timm
+        import timm  # heavy (pulls in torchvision) and needed only where a tower is built: stage 4, image evaluation
 
         timm_kwargs = dict(timm_kwargs or {})
         if pretrained_path:  # a local weights file for users without hub access
@@ -85,7 +83,7 @@ class VisionTower(nn.Module):
         self.transform = self._transform()
 
     def _data_config(self, overrides: dict) -> dict:
-        from timm.data import resolve_data_config
+        from timm.data import resolve_data_config  # timm: see __init__
 
         config = resolve_data_config({}, model=self.backbone)
         img_size = getattr(getattr(self.backbone, "patch_embed", None), "img_size", None)
@@ -95,7 +93,7 @@ class VisionTower(nn.Module):
         return config
 
     def _transform(self):
-        from timm.data import create_transform
+        from timm.data import create_transform  # timm: see __init__
 
         return create_transform(**self.data_config, is_training=False)
 
@@ -124,16 +122,6 @@ class VisionTower(nn.Module):
     def describe(self) -> dict:
         """What it takes to rebuild this tower (saved next to its weights)."""
         return dict(self.settings)
-
-
-def load_rgb(image: Image.Image | str | Path) -> Image.Image:
-    """A PIL image in RGB from a path or an image (palette, grey, RGBA and CMYK images are converted)."""
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def wrap_tokens(student: Student, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,6 +174,43 @@ def encode_images(
     return torch.cat(chunks) if chunks else torch.empty(0, student.head_dim(head))
 
 
+class MultimodalStudent(nn.Module):
+    """A student and its vision tower as one model: both are registered submodules, so ``.to()``, ``.eval()`` and
+    ``.parameters()`` reach both. ``encode(texts)`` or ``encode(images=[...])`` (paths or PIL images) give vectors of
+    the same space. Each part still saves on its own (``student.pt``, ``vision.pt``)."""
+
+    def __init__(self, student: Student, vision: VisionTower) -> None:
+        super().__init__()
+        self.student = student
+        self.vision = vision
+
+    @property
+    def head_names(self) -> list[str]:
+        return self.student.head_names
+
+    def head_dim(self, head: str) -> int:
+        return self.student.head_dim(head)
+
+    def encode(
+        self,
+        texts: Sequence[str] | None = None,
+        head: str = FC1,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+        images: Sequence[Image.Image | str | Path] | None = None,
+    ) -> Tensor:
+        """Normalised vectors ``(N, d)`` (float32, CPU) of one head, for texts or for images, in order."""
+        if texts is not None and images is not None:
+            raise ValueError("encode texts or images, not both in one call")
+        if images is not None:
+            if head not in self.head_names:
+                raise KeyError(f"unknown head {head!r}; this student has {self.head_names}")
+            return encode_images(self.student, self.vision, images, head, batch_size)
+        if texts is None:
+            raise ValueError("encode needs texts (or images=...)")
+        return self.student.encode(texts, head, batch_size, show_progress)
+
+
 def save_vision(tower: VisionTower, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +237,3 @@ def load_vision_weights(tower: VisionTower, path: str | Path) -> None:
         state = {k.removeprefix("vision."): v for k, v in state.items() if k.startswith("vision.")}
     tower.load_state_dict(state)
     log.info("vision tower initialised from %s", path)
-
-
-def cosine_grid(image_vecs: Tensor, text_vecs: Tensor) -> Tensor:
-    """``(N, d), (M, d) -> (N, M)`` cosine similarities of normalised vectors."""
-    return F.normalize(image_vecs, dim=-1) @ F.normalize(text_vecs, dim=-1).T

@@ -101,7 +101,7 @@ KILLER = textwrap.dedent(
     if point == "encode":          # in the middle of a shard's batches
         teacher.encode = die_after(teacher.encode)
     elif point == "rename":        # shard written and fsynced, not yet renamed into place
-        cache.os.replace = die_after(os.replace)
+        os.replace = die_after(os.replace)  # the cache's writes rename through os.replace
     elif point == "manifest":      # every shard in place, no manifest yet
         cache.TeacherCache._finish = die_after(cache.TeacherCache._finish)
     cache.TeacherCache(root).build(texts, [teacher], batch_size=2, shard_rows=16, show_progress=False)
@@ -167,10 +167,8 @@ def test_a_build_that_crashes_before_a_rename_or_the_manifest_resumes(
     tmp_path, texts, teacher, reference, monkeypatch, point
 ):
     """The in-process twin of the SIGKILL test above (fast): a crash leaves a temp file or no manifest."""
-    import jasper.cache as cache_module
-
     calls = {"n": 0}
-    target = (cache_module.os, "replace") if point == "replace" else (TeacherCache, "_finish")
+    target = (os, "replace") if point == "replace" else (TeacherCache, "_finish")
     original = getattr(*target)
 
     def crash(*args, **kwargs):

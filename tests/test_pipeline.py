@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.evaluation.report import load_json
@@ -183,9 +182,8 @@ def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_
     assert "val/loss" in metrics and "nan" not in metrics.lower()
     # The gathered losses equal one process's on both ranks' rows: sim and resim on every rank, cos on average.
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        loss = instantiate(
-            stage_loss(compose("train", overrides=[*overrides[:-1], "paths.output_dir=unused"]))
-        )
+        cfg = compose("train", overrides=[*overrides[:-1], "paths.output_dir=unused"])
+        loss = stage_loss(cfg.loss, cfg.stages.stage2.loss, 2)
     names = [f"train{k}" for k in range(3)] + ["val0", "val1"]  # validation: 11 rows a rank, 8 + 3
     sizes = []
     for name in names:

@@ -10,7 +10,19 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import jasper.losses as losses
+import jasper.resim as resim
 from jasper.losses import relative_similarity_loss, relative_similarity_loss_reference, teacher_pair_order
+
+
+def active_partner_counts(u: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``u`` in teacher order, each element's active hinge counts ``(low, high)`` in ``u``'s order, int64.
+
+    ``low[k] = #{j > k: relu(u_k - u_j + margin) > 0}``, ``high[k] = #{i < k: relu(u_i - u_k + margin) > 0}``.
+    A view of :func:`jasper.resim._ranked_active_counts` (which the loss uses directly, in rank order).
+    """
+    _, low, high, by_rank = resim._ranked_active_counts(u, margin)
+    low_out, high_out = (torch.empty(len(u), dtype=torch.long, device=u.device) for _ in range(2))
+    return low_out.index_copy_(0, by_rank, low.long()), high_out.index_copy_(0, by_rank, high.long())
 
 
 def _vectors(kind: str, b: int, d: int, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -114,7 +126,7 @@ def test_exact_hinge_boundaries(dtype, margin):
         ]
     )
     u = torch.sort(u).values
-    qa, qb = losses._hinge_rank_thresholds(u, margin)
+    qa, qb = resim._hinge_rank_thresholds(u, margin)
     active = u.unsqueeze(1) - u.unsqueeze(0) + margin > 0  # [x, v]: relu(x - v + margin) > 0
     assert torch.equal(qa.long(), active.sum(1))  # partners v with x below them active
     assert torch.equal(qb.long(), (~active).sum(0))  # partners v with x above them inactive
@@ -124,7 +136,7 @@ def test_counts_match_brute_force():
     g = torch.Generator().manual_seed(6)
     u = (torch.randint(-8, 9, (300,), generator=g) / 16).double()  # many equal values and exact boundaries
     for margin in (0.0, 0.0625, 0.3):
-        low, high = losses._active_partner_counts(u, margin)
+        low, high = active_partner_counts(u, margin)
         active = (u.unsqueeze(1) - u.unsqueeze(0) + margin > 0).triu(diagonal=1)  # [i, j]: i before j
         assert torch.equal(low, active.sum(1))
         assert torch.equal(high, active.sum(0))
@@ -213,9 +225,9 @@ def test_sort_key_orders_like_the_floats(dtype):
     x = torch.cat(
         [torch.randn(3000, generator=g, dtype=dtype), specials, _vectors("dyadic", 40, 8, g, dtype)[0]]
     )
-    key = losses._sort_key(x)
+    key = resim._sort_key(x)
     assert torch.equal(torch.sort(key, stable=True).indices, torch.sort(x, stable=True).indices)
     assert torch.equal(
         key.unsqueeze(0) == key.unsqueeze(1), x.unsqueeze(0) == x.unsqueeze(1)
     )  # -0.0 ties 0.0
-    assert torch.equal(losses._from_sort_key(key, dtype), x + 0.0)
+    assert torch.equal(resim._from_sort_key(key, dtype), x + 0.0)

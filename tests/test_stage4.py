@@ -19,7 +19,7 @@ from jasper.data.images import (
     validate_pairs,
 )
 from jasper.losses import DistillLoss
-from jasper.stages import Stage4
+from jasper.stage4 import Stage4
 from jasper.student import Student
 from jasper.vision import VisionTower
 
@@ -134,25 +134,17 @@ def test_only_the_vision_tower_trains_by_default(tiny_bert, tmp_path, train_text
     assert any(k.startswith("vision.backbone") for k in changed)
 
 
-def test_loss_weights_override_only_stage_4s_loss(tiny_bert):
-    shared = DistillLoss(similarity=100.0, margin=0.02)
-    module = Stage4(
-        Student(tiny_bert, fc1_dim=16, mrl_dims=[8]),
-        shared,
-        tower_factory(),
-        optimizer=partial(torch.optim.AdamW, lr=1e-3),
-        loss_weights={"cosine": 200.0},
-    )
-    assert module.loss.weights == {"cos": 200.0, "sim": 100.0, "resim": 20.0} and module.loss.margin == 0.02
-    assert shared.weights["cos"] == 10.0  # loss= itself is untouched
-    with pytest.raises(ValueError, match="unknown keys"):
-        Stage4(
-            Student(tiny_bert, fc1_dim=16, mrl_dims=[8]),
-            shared,
-            tower_factory(),
-            optimizer=partial(torch.optim.AdamW, lr=1e-3),
-            loss_weights={"cos": 1.0},
-        )
+def test_loss_weights_override_only_stage_4s_loss():
+    from omegaconf import OmegaConf
+
+    from jasper.train import stage_loss
+
+    shared = OmegaConf.create({"_target_": "jasper.losses.DistillLoss", "similarity": 100.0, "margin": 0.02})
+    loss = stage_loss(shared, OmegaConf.create({"cosine": 200.0}), 4)
+    assert loss.weights == {"cos": 200.0, "sim": 100.0, "resim": 20.0} and loss.margin == 0.02
+    assert stage_loss(shared, None, 3).weights["cos"] == 10.0  # loss= itself is untouched
+    with pytest.raises(ValueError, match=r"stages.stage4.loss has unknown key\(s\) \['cos'\]"):
+        stage_loss(shared, {"cos": 1.0}, 4)
 
 
 # Captions far apart in the text model's space: a colour word alone ("a red square" / "a blue square") leaves six
@@ -233,7 +225,7 @@ def test_stage4_composes_with_the_default_and_the_paper():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["stage=4"], return_hydra_config=True)
         settings = cfg.stages.stage4
-        assert settings.module._target_ == "jasper.stages.Stage4"
+        assert settings.module._target_ == "jasper.stage4.Stage4"
         assert settings.data._target_ == "jasper.data.images.ImageCaptionDataModule"
         assert cfg.vision.model_name == "vit_tiny_patch16_224" and cfg.vision.pretrained is False
         paper = compose("train", overrides=["stage=4", "experiment=jasper_paper"], return_hydra_config=True)
@@ -241,14 +233,14 @@ def test_stage4_composes_with_the_default_and_the_paper():
         assert paper.stages.stage4.module.optimizer.lr == pytest.approx(1e-4)
         assert paper.vision.model_name == "vit_so400m_patch14_siglip_384"
         # The embedded budget raises stage 4's cosine weight; the paper keeps loss= (10/200/20) as it is.
-        assert settings.module.loss_weights == {"cosine": 200.0}
-        assert paper.stages.stage4.module.loss_weights is None
+        assert settings.loss.cosine == 200.0
+        assert paper.stages.stage4.loss.cosine == 10.0
 
 
 def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
     from jasper.checkpoints import save_student
     from jasper.export import export_checkpoint, load_multimodal
-    from jasper.vision import save_vision
+    from jasper.vision import MultimodalStudent, save_vision
 
     torch.manual_seed(0)
     module = stage4(tiny_bert)
@@ -258,8 +250,7 @@ def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
     images = [
         image for image, _ in SyntheticShapes(count=4, image_size=32, seed=3, cache_dir=str(tmp_path / "img"))
     ]
-    module.student.attach_vision(module.vision)
-    before = module.student.encode(images=images, head="8")
+    before = MultimodalStudent(module.student, module.vision).encode(images=images, head="8")
     exported = load_multimodal(export_checkpoint(run / "student.pt", tmp_path / "export"))
     assert torch.allclose(exported.encode(images=images, head="8"), before, atol=1e-5)
     assert torch.allclose(

@@ -15,7 +15,14 @@ from hydra import compose, initialize_config_dir
 
 import jasper.config  # noqa: F401  (resolvers)
 from jasper.checkpoints import newest_checkpoint
-from jasper.train import RunRefused, StageProgressBar, remove_unused_run_folder, stage_loss, validate
+from jasper.train import (
+    RunRefused,
+    StageProgressBar,
+    check_overrides,
+    remove_unused_run_folder,
+    stage_loss,
+    validate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,14 +110,24 @@ def test_each_stage_takes_loss_weights_unless_it_sets_its_own():
         "stages.stage2.loss.similarity=0",
         "stages.stage2.loss.relative_similarity=0",
     ]
-    weights = {stage: dict(stage_loss(compose_train([f"stage={stage}", *overrides]))) for stage in (1, 2, 3)}
-    assert weights[1]["similarity"] == weights[3]["similarity"] == 100
-    assert weights[2]["similarity"] == weights[2]["relative_similarity"] == 0
-    assert weights[1]["cosine"] == weights[2]["cosine"] == weights[3]["cosine"] == 10
-    assert weights[2]["_target_"] == "jasper.losses.DistillLoss"
+    weights = {}
+    for stage in (1, 2, 3):
+        cfg = compose_train([f"stage={stage}", *overrides])
+        weights[stage] = stage_loss(cfg.loss, cfg.stages[f"stage{stage}"].loss, stage).weights
+    assert weights[1]["sim"] == weights[3]["sim"] == 100
+    assert weights[2]["sim"] == weights[2]["resim"] == 0
+    assert weights[1]["cos"] == weights[2]["cos"] == weights[3]["cos"] == 10
 
 
 def test_a_stage_loss_key_that_is_not_a_weight_is_refused():
     cfg = compose_train(["stage=2", "+stages.stage2.loss.temperature=0.1"])
     with pytest.raises(ValueError, match=r"stages.stage2.loss has unknown key\(s\) \['temperature'\]"):
-        stage_loss(cfg)
+        stage_loss(cfg.loss, cfg.stages.stage2.loss, 2)
+
+
+def test_an_override_of_the_stage_settings_view_is_refused_naming_the_key():
+    with pytest.raises(RunRefused, match=r"override stages\.stage2\.steps=5 instead"):
+        check_overrides(["stage=2", "stage_settings.steps=5"])
+    with pytest.raises(RunRefused, match=r"stages\.stage1\.module\.optimizer\.lr=1e-3 instead"):
+        check_overrides(["+stage_settings.module.optimizer.lr=1e-3"])
+    check_overrides(["-m", "stage=1,2", "stages.stage2.steps=5"])  # the key itself passes

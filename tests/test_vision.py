@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 
 from jasper.student import FC1, Student
-from jasper.vision import VisionTower, encode_images, image_vectors, load_vision, save_vision
+from jasper.vision import (
+    MultimodalStudent,
+    VisionTower,
+    encode_images,
+    image_vectors,
+    load_vision,
+    save_vision,
+)
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -43,10 +50,7 @@ def test_image_tokens_go_through_the_language_model(encoder, request):
 
 
 def test_encode_images_is_deterministic_and_comparable_with_text(tiny_bert, tmp_path):
-    student = Student(tiny_bert, fc1_dim=16, mrl_dims=[8])
-    with pytest.raises(ValueError, match="vision tower"):
-        student.encode(images=images())
-    student.attach_vision(tiny_tower(32))
+    student = MultimodalStudent(Student(tiny_bert, fc1_dim=16, mrl_dims=[8]), tiny_tower(32))
     path = tmp_path / "red.png"
     images()[0].save(path)
     first = student.encode(images=[path, *images()[1:]])
@@ -62,8 +66,11 @@ def test_encode_images_is_deterministic_and_comparable_with_text(tiny_bert, tmp_
 def test_tower_is_not_part_of_student_pt_and_round_trips(tiny_bert, tmp_path):
     student = Student(tiny_bert, fc1_dim=16)
     tower = tiny_tower(32, seed=3)
-    student.attach_vision(tower)
+    model = MultimodalStudent(student, tower)
     assert not any(k.startswith("vision") for k in student.state_dict())  # student.pt stays the text model
+    assert {k.split(".")[0] for k in model.state_dict()} == {"student", "vision"}  # both are submodules
+    model.eval()
+    assert not student.training and not tower.training  # .eval() reaches the tower
     save_vision(tower, tmp_path / "vision.pt")
     loaded = load_vision(tmp_path / "vision.pt")
     before = encode_images(student, tower, images(), FC1)

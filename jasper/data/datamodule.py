@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from jasper.cache import CacheReader, PooledFeatures, TeacherCache, text_ids
+from jasper.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
 from jasper.data.batching import (
     EpochRandomSampler,
@@ -23,7 +23,8 @@ from jasper.data.batching import (
     ResumableDataLoader,
 )
 from jasper.data.files import RejectedRow
-from jasper.teachers import TeacherEnsemble, check_finite
+from jasper.encoders import check_finite, encode_all
+from jasper.teachers import TeacherEnsemble
 
 log = logging.getLogger(__name__)
 PLACES_SHOWN = 5  # file:line places logged per rejection reason
@@ -174,10 +175,11 @@ class TextDistillDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         teacher_cache: str | None = None,
-        shard_rows: int = 65536,
+        shard_rows: int = SHARD_ROWS,
         max_chars: int | None = None,
         features: object | None = None,
         length_buckets: bool = False,
+        bucket_window: int = 50,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -200,6 +202,7 @@ class TextDistillDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.length_buckets = length_buckets
+        self.bucket_window = bucket_window
         self.rejected: Counter = Counter()
         self.train_set: DistillTextDataset | None = None
         self.val_set: DistillTextDataset | None = None
@@ -273,9 +276,7 @@ class TextDistillDataModule(L.LightningDataModule):
             log.info("encoding %d texts with %s in memory (no cache)", len(texts), what)
             if list(encoders) == self.teachers.teachers:
                 return self.teachers.encode(texts)
-            from jasper.cache import encode_sorted
-
-            return torch.cat([encode_sorted(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
+            return torch.cat([encode_all(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
         if not (self.teacher_cache and precomputed):
             self.build_cache(
                 texts, encoders, precomputed=precomputed
@@ -321,7 +322,9 @@ class TextDistillDataModule(L.LightningDataModule):
         sampler = EpochRandomSampler(self.train_set, seed=self.seed)
         if self.length_buckets:
             lengths = [len(t) for t in self.train_set.texts]
-            batches = LengthBucketBatchSampler(sampler, self.batch_size, True, lengths, seed=self.seed)
+            batches = LengthBucketBatchSampler(
+                sampler, self.batch_size, True, lengths, window_batches=self.bucket_window, seed=self.seed
+            )
         else:
             batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=True)
         return ResumableDataLoader(

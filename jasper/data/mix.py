@@ -114,7 +114,7 @@ class JsonRows:
         self.max_rows = max_rows
 
     def _files(self) -> list[str]:
-        import fsspec
+        import fsspec  # remote file systems: only a JsonRows source needs it
 
         files = []
         for pattern in self.paths:
@@ -135,10 +135,10 @@ class JsonRows:
 
     @staticmethod
     def _rows(path: str) -> Iterator[object]:
-        import fsspec
+        import fsspec  # see _files
 
         if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # heavy: only parquet files need it
 
             with fsspec.open(path, "rb") as file:
                 for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):

@@ -78,7 +78,7 @@ class TextFiles:
         self.text_field = text_field
 
     def __iter__(self) -> Iterator[object]:
-        from datasets import load_dataset
+        from datasets import load_dataset  # heavy (pyarrow): only this source needs it
 
         dataset = load_dataset(self.format, data_files=[str(p) for p in self.paths], split="train")
         field = self.text_field if self.format != "text" else "text"
@@ -114,7 +114,7 @@ class HubDataset:
         )
 
     def __iter__(self) -> Iterator[object]:
-        from datasets import load_dataset
+        from datasets import load_dataset  # heavy (pyarrow): only a hub source needs it
 
         dataset = load_dataset(
             self.path, self.name, split=self.split, streaming=self.streaming, revision=self.revision

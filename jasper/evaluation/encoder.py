@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from jasper.encoders import encode_sorted
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -53,7 +55,8 @@ def encode_texts(
 ) -> torch.Tensor:
     """Call `encode` on `texts` (with `prompt` prepended) in batches; check and return (N, d) unit float32 rows.
 
-    Texts are batched in order of length (less padding for transformer encoders); rows come back in input order.
+    Texts are batched longest first (:func:`jasper.encoders.encode_sorted`: less padding for transformer encoders);
+    rows come back in input order.
 
     Fails loudly when the encoder returns the wrong number of rows, not a 2-D tensor, or non-finite values.
     Rows are normalised again (cheap, and cosine similarity is what every metric here uses).
@@ -63,11 +66,8 @@ def encode_texts(
     texts = with_prompt(texts, prompt)
     if not texts:
         raise ValueError("encode_texts: no texts to encode")
-    # Batch texts of similar length together (less padding), then restore the input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = [texts[i] for i in order[start : start + batch_size]]
+
+    def checked(batch: list[str]) -> torch.Tensor:
         out = encode(batch)
         if not isinstance(out, torch.Tensor):
             out = torch.as_tensor(out)
@@ -75,10 +75,9 @@ def encode_texts(
             raise ValueError(
                 f"encoder returned shape {tuple(out.shape)} for {len(batch)} texts; expected ({len(batch)}, d)"
             )
-        chunks.append(out.detach().float().cpu())
-    stacked = torch.cat(chunks)  # rows in length order
-    vectors = torch.empty_like(stacked)
-    vectors[order] = stacked
+        return out.detach()
+
+    vectors = encode_sorted(checked, texts, batch_size, dim=0)
     if not torch.isfinite(vectors).all():
         raise ValueError("encoder returned NaN or infinite values")
     return F.normalize(vectors, dim=-1)

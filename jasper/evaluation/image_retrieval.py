@@ -14,56 +14,38 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_only
 
+from jasper.checkpoints import load_student
+from jasper.data.image_sources import ImageFolderPairs
+from jasper.data.images import split_pairs, validate_pairs
+from jasper.data.shapes import SyntheticShapes
 from jasper.evaluation.report import ResultRow, markdown_table, write_report
+from jasper.metrics import pair_recall
+from jasper.vision import MultimodalStudent, load_vision
 
 log = logging.getLogger(__name__)
-KS = (1, 5, 10)
-
-
-def recall_at_k(similarity: Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
-    """``similarity[i, j]`` of query ``i`` and candidate ``j``; the right candidate of query ``i`` is ``j = i``."""
-    n = similarity.shape[0]
-    if similarity.shape != (n, n):
-        raise ValueError(f"expected a square similarity matrix, got {tuple(similarity.shape)}")
-    right = similarity.diagonal().unsqueeze(1)
-    rank = (similarity > right).sum(dim=1)  # candidates scored strictly above the right one (ties favour it)
-    return {k: float((rank < k).float().mean()) for k in ks}
-
-
-def pair_recall(image_vecs: Tensor, caption_vecs: Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
-    """``image->caption R@k`` and ``caption->image R@k`` for aligned ``(N, d)`` vectors."""
-    similarity = image_vecs.float() @ caption_vecs.float().T
-    i2t = recall_at_k(similarity, ks)
-    t2i = recall_at_k(similarity.T, ks)
-    return {
-        **{f"image->caption R@{k}": v for k, v in i2t.items()},
-        **{f"caption->image R@{k}": v for k, v in t2i.items()},
-    }
 
 
 def evaluate_pairs(
-    student,
-    tower,
+    model: MultimodalStudent,
     pairs: Sequence[tuple[str, str]],
-    model: str = "student",
+    name: str = "student",
     heads: Sequence[str] | None = None,
     batch_size: int = 64,
 ) -> list[ResultRow]:
     """One row per head: recall of held-out ``(image path or PIL image, caption)`` pairs."""
-    from jasper.vision import encode_images
-
     images = [p for p, _ in pairs]
     captions = [c for _, c in pairs]
     rows = []
-    for head in heads or student.head_names:
-        image_vecs = encode_images(student, tower, images, head, batch_size)
-        caption_vecs = student.encode(captions, head=head, batch_size=batch_size, show_progress=False)
+    for head in heads or model.head_names:
+        image_vecs = model.encode(images=images, head=head, batch_size=batch_size)
+        caption_vecs = model.encode(captions, head=head, batch_size=batch_size, show_progress=False)
         metrics = pair_recall(image_vecs, caption_vecs)
         metrics["chance R@1"] = 1.0 / len(pairs)
-        rows.append(ResultRow(model, head, student.head_dim(head), metrics))
+        rows.append(ResultRow(name, head, model.head_dim(head), metrics))
     return rows
 
 
@@ -81,12 +63,32 @@ def write_before_after(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from jasper.checkpoints import load_student_weights, read_student_state
-    from jasper.data.images import ImageFolderPairs, SyntheticShapes, split_pairs, validate_pairs
-    from jasper.student import Student
-    from jasper.vision import load_vision
+class RecallReport(L.Callback):
+    """Stage 4's report (``conf/stages/4.yaml``): held-out recall with the untrained tower at the start of fit and
+    with the trained one at its end, written by :func:`write_before_after` to ``out_dir``."""
 
+    def __init__(self, out_dir: str, stem: str = "image_retrieval") -> None:
+        self.out_dir = out_dir
+        self.stem = stem
+        self.before: list[ResultRow] = []
+
+    @staticmethod
+    def rows(trainer: L.Trainer, module: L.LightningModule) -> list[ResultRow]:
+        recall = module.held_out_recall(trainer.datamodule.val_dataloader())
+        return [
+            ResultRow("", head, module.student.head_dim(head), metrics) for head, metrics in recall.items()
+        ]
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.before = self.rows(trainer, module)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        write_before_after(self.before, self.rows(trainer, module), self.out_dir, self.stem)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -99,16 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
-    config, _ = read_student_state(args.student)
-    if config is None:
-        raise ValueError(f"{args.student} is not a student.pt (it has no config)")
-    student = Student(**{k: v for k, v in config.items()})
-    load_student_weights(student, args.student)
-    tower = load_vision(args.vision)
+    student, _ = load_student(args.student)
+    model = MultimodalStudent(student, load_vision(args.vision))
     source = ImageFolderPairs(args.folder) if args.folder else SyntheticShapes(seed=args.seed)
     pairs, _ = validate_pairs(list(source))
     _, held = split_pairs(pairs, args.pairs, args.seed) if not args.folder else (None, pairs[: args.pairs])
-    rows = evaluate_pairs(student, tower, held, model=Path(args.vision).parent.name or "student")
+    rows = evaluate_pairs(model, held, name=Path(args.vision).parent.name or "student")
     paths = write_report(rows, args.out, stem="image_retrieval")
     print(markdown_table(rows))
     log.info("report written to %s", paths["markdown"])

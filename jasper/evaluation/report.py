@@ -63,6 +63,7 @@ def markdown_table(rows: Sequence[ResultRow], digits: int = 4) -> str:
 def plot_vs_dim(rows: Sequence[ResultRow], path: str | Path, metrics: Sequence[str] | None = None) -> Path:
     """PNG with one panel per metric: score against head dimension, one line per model (rows without `dim` are
     left out). Uses matplotlib's Agg canvas directly, so it never touches the global backend or a display."""
+    # matplotlib: heavy, and only the plot needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

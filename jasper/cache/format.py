@@ -1,0 +1,138 @@
+"""The cache's on-disk format: file names, text ids and hashes, the teacher fingerprint a folder is keyed on, and
+crash-safe writes (a temporary file, fsync, an atomic rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jasper.model_files import fsync_dir
+
+FORMAT = 1
+CORPUS_FILE = "corpus.json"
+IDS_FILE = "ids.npy"
+MANIFEST = "manifest.json"
+SHARD = "shard-{:05d}.npy"
+# Rows per shard file of a new cache (data.shard_rows); a cache keeps the size it was built with.
+SHARD_ROWS = 65536
+# Fields of a fingerprint that change the vectors; a mismatch on any of them refuses the cache.
+FINGERPRINT_FIELDS = (
+    "name",
+    "model",
+    "revision",
+    "weights",
+    "prompt",
+    "max_length",
+    "pooling",
+    "num_layers",
+    "dim",
+    "normalize",
+    "compute_dtype",
+    "dtype",
+)
+
+
+class CacheMismatch(ValueError):
+    """The cache on disk was made for other texts or another teacher configuration."""
+
+
+# Text ids and hashes.
+def text_ids(texts: Sequence[str]) -> np.ndarray:
+    """``(N,)`` uint64: the first 8 bytes of blake2b of each text's UTF-8 bytes."""
+    digest = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest() for t in texts)
+    return np.frombuffer(digest, dtype="<u8").copy()
+
+
+def corpus_key(ids: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(ids, dtype="<u8").tobytes(), digest_size=10).hexdigest()
+
+
+def _hash_bytes(array: np.ndarray, chunk_rows: int = 8192) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(array), chunk_rows):
+        digest.update(np.ascontiguousarray(array[start : start + chunk_rows]).tobytes())
+    return digest.hexdigest()
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "teacher"
+
+
+# Encoders: anything with name, dim and encode(texts, batch_size) -> (N, dim) float tensor.
+def fingerprint(encoder: object) -> dict:
+    """Everything that changes an encoder's vectors, as stored in (and compared with) the manifest.
+
+    Read from the encoder's description only, never from a loaded model: a lazy teacher stays unloaded
+    (``jasper.teachers.LazyTeacher``). ``weights`` is a digest of the model's files, ``max_length`` the length
+    its tokenizer truncates to, ``num_layers`` the layers it runs, ``compute_dtype`` the dtype it encodes in
+    (``dtype`` is the dtype the vectors are stored in).
+    """
+    compute_dtype = getattr(encoder, "dtype", None)
+    return {
+        "name": encoder.name,
+        "model": getattr(encoder, "model_name_or_path", None),
+        "revision": getattr(encoder, "commit", None) or getattr(encoder, "revision", None),
+        "weights": getattr(encoder, "weights", None),
+        "prompt": getattr(encoder, "prompt", ""),
+        "max_length": getattr(encoder, "max_length", None),
+        "pooling": getattr(encoder, "pooling", "sentence-transformers"),
+        "num_layers": getattr(encoder, "num_layers", None),
+        "dim": int(encoder.dim),
+        "normalize": bool(getattr(encoder, "normalize", True)),
+        "compute_dtype": str(compute_dtype) if compute_dtype is not None else None,
+        "dtype": str(getattr(encoder, "cache_dtype", "float16")),
+        **({"extra": encoder.fingerprint_extra} if hasattr(encoder, "fingerprint_extra") else {}),
+    }
+
+
+def differences(stored: dict, wanted: dict) -> list[str]:
+    keys = [*FINGERPRINT_FIELDS, "extra"]
+    return [
+        f"{k}: cache has {stored.get(k)!r}, this run has {wanted.get(k)!r}"
+        + (" (the model's files changed)" if k == "weights" and k in stored else "")
+        for k in keys
+        if stored.get(k) != wanted.get(k)
+    ]
+
+
+def refusal(encoder: object, folder: Path, stored: dict) -> CacheMismatch | None:
+    """The error refusing ``folder`` for ``encoder``, naming the teacher and what changed; None when they match."""
+    diff = differences(stored, fingerprint(encoder))
+    if not diff:
+        return None
+    old = [k for k in ("weights", "num_layers", "compute_dtype") if k not in stored]
+    hint = (
+        f" (the cache was written before jasper recorded {', '.join(old)}: it cannot be trusted for this teacher)"
+        if old
+        else ""
+    )
+    return CacheMismatch(
+        f"teacher {encoder.name!r} changed since its vectors were cached in {folder}{hint}: {'; '.join(diff)}. "
+        "They are not used: delete that folder to recompute, or give the teacher another name"
+    )
+
+
+# Files.
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, fsync, rename over ``path``, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,213 @@
+"""TeacherCache: one corpus folder, one sub-folder per encoder; ``build`` encodes what is missing (resumable),
+``reader`` opens finished teachers for training, ``verify`` lists every problem."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from jasper.cache.format import (
+    CORPUS_FILE,
+    FORMAT,
+    IDS_FILE,
+    MANIFEST,
+    SHARD,
+    SHARD_ROWS,
+    CacheMismatch,
+    _atomic_write,
+    _hash_bytes,
+    _read_json,
+    _write_json,
+    corpus_key,
+    fingerprint,
+    refusal,
+    slug,
+    text_ids,
+)
+from jasper.cache.reader import CacheReader
+from jasper.cache.verify import _verify_teacher, check_shard_files
+from jasper.encoders import check_finite, encode_all
+
+log = logging.getLogger(__name__)
+
+
+class TeacherCache:
+    """One corpus's vectors, one folder per encoder. ``build`` encodes what is missing; ``reader`` reads rows."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_texts(cls, cache_dir: str | Path, texts: Sequence[str]) -> TeacherCache:
+        """The corpus folder of exactly these texts (in this order) under ``cache_dir``."""
+        return cls(Path(cache_dir) / f"corpus-{corpus_key(text_ids(texts))}")
+
+    # Corpus.
+    @property
+    def corpus(self) -> dict | None:
+        return _read_json(self.root / CORPUS_FILE)
+
+    def ids(self) -> np.ndarray:
+        return np.load(self.root / IDS_FILE, mmap_mode="r")
+
+    def teacher_dir(self, encoder: object) -> Path:
+        return self.root / slug(encoder.name)
+
+    def init_corpus(
+        self, texts: Sequence[str], shard_rows: int = SHARD_ROWS, stats: dict | None = None
+    ) -> np.ndarray:
+        """Write (or check) ids.npy and corpus.json; returns the text ids."""
+        ids = text_ids(texts)
+        key = corpus_key(ids)
+        existing = self.corpus
+        if existing is not None:
+            if existing["corpus"] != key or existing["rows"] != len(ids):
+                raise CacheMismatch(
+                    f"cache {self.root} holds {existing['rows']} texts (corpus {existing['corpus']}) but this run "
+                    f"has {len(ids)} texts (corpus {key}): different texts. Point the cache elsewhere or delete it"
+                )
+            return ids
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.root / IDS_FILE, lambda f: np.save(f, ids))
+        info = {"format": FORMAT, "corpus": key, "rows": len(ids), "shard_rows": int(shard_rows)}
+        _write_json(self.root / CORPUS_FILE, {**info, **(stats or {})})
+        return ids
+
+    # Teachers.
+    def manifest(self, encoder: object) -> dict | None:
+        return _read_json(self.teacher_dir(encoder) / MANIFEST)
+
+    def check(self, encoder: object) -> None:
+        """Refuse a folder made for another configuration of the same-named teacher (manifest or partial build)."""
+        folder = self.teacher_dir(encoder)
+        stored = _read_json(folder / MANIFEST) or _read_json(folder / "fingerprint.json")
+        if stored is None:
+            return
+        error = refusal(encoder, folder, stored.get("teacher", stored))
+        if error is not None:
+            raise error
+
+    def build(
+        self,
+        texts: Sequence[str],
+        encoders: Sequence[object],
+        batch_size: int = 32,
+        shard_rows: int | None = None,
+        stats: dict | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        """Encode every missing shard of every encoder; finished shards and finished encoders are skipped."""
+        texts = list(texts)
+        corpus = self.corpus
+        shard_rows = int(corpus["shard_rows"] if corpus else shard_rows or SHARD_ROWS)
+        ids = self.init_corpus(texts, shard_rows, stats)
+        for encoder in encoders:
+            self.check(encoder)
+        todo = [e for e in encoders if self.manifest(e) is None]
+        shards = [(s, min(s + shard_rows, len(texts))) for s in range(0, len(texts), shard_rows)]
+        missing = {
+            id(e): [i for i in range(len(shards)) if not (self.teacher_dir(e) / SHARD.format(i)).exists()]
+            for e in todo
+        }
+        total = sum((shards[i][1] - shards[i][0]) for e in todo for i in missing[id(e)])
+        if not todo:
+            return
+        log.info("encoding %d text(s) into %s for %s", total, self.root, [e.name for e in todo])
+        progress = tqdm(total=total, unit="text", desc="precompute", disable=not show_progress, smoothing=0.1)
+        started = time.perf_counter()
+        for encoder in todo:
+            folder = self.teacher_dir(encoder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".*.tmp"):  # left by a killed build
+                stale.unlink()
+            _write_json(folder / "fingerprint.json", fingerprint(encoder))
+            dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
+            for index in missing[id(encoder)]:
+                start, stop = shards[index]
+                vectors = encode_all(encoder, texts[start:stop], batch_size, progress)
+                check_finite(vectors, f"{encoder.name}, shard {index} (rows {start}..{stop - 1})")
+                if getattr(encoder, "normalize", True):
+                    vectors = F.normalize(vectors.float(), dim=-1)
+                array = vectors.numpy().astype(dtype)
+                _atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
+            self._finish(encoder, ids, shards)
+        progress.close()
+        if total:
+            seconds = time.perf_counter() - started
+            log.info(
+                "encoded %d text(s) in %.1f s (%.1f texts/s)", total, seconds, total / max(seconds, 1e-9)
+            )
+
+    def _finish(self, encoder: object, ids: np.ndarray, shards: list[tuple[int, int]]) -> None:
+        """Hash every shard (texts via their ids, vectors via their bytes) and write the manifest, last."""
+        folder = self.teacher_dir(encoder)
+        entries = []
+        for index, (start, stop) in enumerate(shards):
+            array = np.load(folder / SHARD.format(index), mmap_mode="r")
+            entries.append(
+                {
+                    "file": SHARD.format(index),
+                    "rows": stop - start,
+                    "texts_hash": _hash_bytes(np.ascontiguousarray(ids[start:stop], dtype="<u8")),
+                    "vectors_hash": _hash_bytes(array),
+                }
+            )
+        manifest = {
+            "format": FORMAT,
+            "teacher": fingerprint(encoder),
+            "rows": len(ids),
+            "corpus": corpus_key(ids),
+            "shard_rows": shards[0][1] - shards[0][0] if shards else 0,
+            "shards": entries,
+        }
+        _write_json(folder / MANIFEST, manifest)
+
+    # Reading.
+    def reader(self, encoders: Sequence[object], check_shards: bool = True) -> CacheReader:
+        """Random access to the concatenated rows of ``encoders`` (each must be built and match). Every shard's
+        size and digest are checked once here (`check_shard_files`), so a damaged cache is refused before
+        training reads it."""
+        manifests = []
+        for encoder in encoders:
+            self.check(encoder)
+            manifest = self.manifest(encoder)
+            if manifest is None:
+                raise FileNotFoundError(
+                    f"no finished cache for {encoder.name} in {self.root}; run python precompute.py first"
+                )
+            manifests.append(manifest)
+        folders = [self.teacher_dir(e) for e in encoders]
+        if check_shards:
+            for folder, manifest in zip(folders, manifests, strict=True):
+                check_shard_files(folder, manifest)
+        return CacheReader(self.root, folders, manifests)
+
+    # Integrity.
+    def verify(self) -> list[str]:
+        """Every problem found (missing or short shards, hash mismatches, NaN/inf); empty when sound."""
+        corpus = self.corpus
+        if corpus is None:
+            return [f"{self.root}: no {CORPUS_FILE}, not a cache folder"]
+        problems = []
+        ids = self.ids()
+        if len(ids) != corpus["rows"] or corpus_key(np.asarray(ids)) != corpus["corpus"]:
+            problems.append(f"{IDS_FILE}: {len(ids)} ids, do not match corpus.json ({corpus['rows']} rows)")
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        if not folders:
+            problems.append(f"{self.root}: no teacher folder")
+        for folder in folders:
+            manifest = _read_json(folder / MANIFEST)
+            if manifest is None:
+                done = len(list(folder.glob("shard-*.npy")))
+                problems.append(
+                    f"{folder.name}: unfinished ({done} shard(s), no manifest); run precompute again"
+                )
+                continue
+            problems += _verify_teacher(folder, manifest, ids, corpus)
+        return problems

@@ -1,0 +1,235 @@
+"""What every model in jasper shares, below all of them: loading a Hugging Face encoder, pooling its token states,
+encoding many texts in length-sorted chunks, checking vectors, and reading an image as RGB.
+
+The student (:mod:`jasper.student`), the teachers (:mod:`jasper.teachers`), the vision tower (:mod:`jasper.vision`),
+the cache and the evaluation all use these; none of them is imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import transformers.utils as hf_utils
+from PIL import Image
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
+from transformers.utils import logging as hf_logging
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+CHUNK_BATCHES = 4
+"""Texts handed to an encoder per call, in batches: ``encode_all`` sorts all texts longest first, then gives an
+encoder ``CHUNK_BATCHES * batch_size`` texts at a time (it splits them into its own batches, which are therefore the
+same for any multiple), so progress moves and memory peaks on the first, longest chunk."""
+
+
+# Pooling.
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Average the token states that the mask keeps: ``(B, L, H), (B, L) -> (B, H)``.
+
+    >>> mean_pool(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]))
+    tensor([[2.]])
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+# Loading.
+def check_model_path(model_name_or_path: str) -> None:
+    """A path that is clearly local (absolute, ./, ../, ~) must exist; anything else is a hub id."""
+    if (
+        str(model_name_or_path).startswith(("/", "./", "../", "~"))
+        and not Path(model_name_or_path).expanduser().exists()
+    ):
+        raise FileNotFoundError(
+            f"model folder {model_name_or_path} does not exist: fix model_name_or_path in the student or teachers "
+            "config (a local folder, or a hub id such as NovaSearch/stella_en_1.5B_v5)"
+        )
+
+
+def check_attn_implementation(attn_implementation: str | None) -> None:
+    """``model.attn_implementation``: sdpa (default), eager, or flash_attention_2 where the flash-attn package is
+    installed (it needs a CUDA GPU and bf16/fp16 weights)."""
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"model.attn_implementation={attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS} (or null for "
+            "transformers' default)"
+        )
+    if attn_implementation == "flash_attention_2" and not hf_utils.is_flash_attn_2_available():
+        raise ImportError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA GPU, and "
+            "flash-attn is not installed here: pip install flash-attn, or use model.attn_implementation=sdpa"
+        )
+
+
+def _keep_layers(config, num_layers: int | None, source: str):
+    """``config`` cut to its first ``num_layers`` layers (``None``: all of them)."""
+    if num_layers is None:
+        return config
+    total = config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ValueError(
+            f"model.num_layers={num_layers} but {source} has {total} layers: choose 1..{total}, "
+            "or null to keep them all"
+        )
+    config.num_hidden_layers = num_layers
+    # Decoder configs (Qwen2, ...) carry one entry per layer; it must shrink with the layer count.
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:num_layers]
+    return config
+
+
+def load_encoder(
+    model_name_or_path: str | None,
+    num_layers: int | None = None,
+    revision: str | None = None,
+    encoder_config: Mapping | None = None,
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """``AutoModel`` keeping only the first ``num_layers`` layers (a small student initialised from a bigger model).
+
+    ``encoder_config`` (a transformers config as a mapping with its ``model_type``) instead of a model path builds
+    the encoder from the config alone, with random weights: nothing is read or downloaded. The encoder runs as an
+    encoder: decoders (Qwen2, ...) keep no key/value cache.
+    """
+    check_attn_implementation(attn_implementation)
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if encoder_config is not None:
+        if model_name_or_path is not None:
+            raise ValueError(
+                "give model.model_name_or_path (pretrained weights) or model.encoder_config (random weights from a "
+                "config), not both: set the other to null"
+            )
+        fields = dict(encoder_config)
+        if "model_type" not in fields:
+            raise ValueError("model.encoder_config needs a model_type (e.g. qwen2, bert)")
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        config = _keep_layers(config, num_layers, "model.encoder_config")
+        config.use_cache = False
+        return AutoModel.from_config(config, **attention)
+    if model_name_or_path is None:
+        raise ValueError(
+            "model.model_name_or_path is null and no model.encoder_config is given: set one of them"
+        )
+    check_model_path(model_name_or_path)
+    config = AutoConfig.from_pretrained(model_name_or_path, revision=revision)
+    config.use_cache = False
+    if num_layers is not None:
+        config = _keep_layers(config, num_layers, model_name_or_path)
+        # Layers beyond num_layers are simply not loaded: silence transformers' report of them as unused weights.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return AutoModel.from_pretrained(
+                model_name_or_path, config=config, revision=revision, **attention
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers, whatever the architecture calls it."""
+    count = encoder.config.num_hidden_layers
+    for _, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} transformer layers of {type(encoder).__name__}")
+
+
+def enable_gradient_checkpointing(encoder: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass. Non-reentrant, so layers whose input needs no
+    gradient (the first trained layer of stage 2, above frozen ones) still give their parameters gradients."""
+    if not getattr(encoder, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"{type(encoder).__name__} does not support gradient checkpointing: set model.gradient_checkpointing=false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(
+        encoder, "activation_checkpointing_enable"
+    ):  # transformers >= 5.2x; the old name is deprecated
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_checkpointing(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` recomputes activations in the backward pass (either transformers name of the flag)."""
+    flag = getattr(type(encoder), "is_activation_checkpointing", None)
+    return bool(
+        encoder.is_activation_checkpointing if flag is not None else encoder.is_gradient_checkpointing
+    )
+
+
+def weights_digest(module: nn.Module, digest_size: int = 8) -> str:
+    """blake2b of every tensor of ``module.state_dict()`` (names and bytes, in name order): equal digests, equal
+    weights. The stage-1 feature cache names its folder with it; evaluation shares pooled states by it."""
+    digest = hashlib.blake2b(digest_size=digest_size)
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# Encoding many texts.
+def encode_sorted(
+    encode: Callable[[list[str]], Tensor], texts: Sequence[str], chunk_size: int, dim: int, progress=None
+) -> Tensor:
+    """``encode`` over ``texts`` sorted longest first, ``chunk_size`` texts per call; ``(N, dim)`` float32 on the
+    CPU, rows in the order of ``texts``. Each call's texts are of similar length (little padding) and memory peaks
+    on the first. ``progress``: anything with ``update(n)`` (a tqdm bar), told the texts done after each call.
+
+    >>> encode_sorted(lambda chunk: torch.tensor([[float(len(t))] for t in chunk]), ["a", "ccc", "bb"], 2, 1)
+    tensor([[1.],
+            [3.],
+            [2.]])
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    chunks = []
+    for start in range(0, len(order), chunk_size):
+        chunk = [texts[i] for i in order[start : start + chunk_size]]
+        chunks.append(encode(chunk).float().cpu())
+        if progress is not None:
+            progress.update(len(chunk))
+    if not chunks:
+        return torch.empty(0, dim)
+    return torch.cat(chunks)[torch.argsort(torch.tensor(order, dtype=torch.long))]
+
+
+def encode_all(encoder, texts: Sequence[str], batch_size: int, progress=None) -> Tensor:
+    """:func:`encode_sorted` for an encoder object (``encode(texts, batch_size)`` and ``dim``: a teacher, the stage-1
+    pooled features), ``CHUNK_BATCHES`` of its batches per call."""
+    return encode_sorted(
+        lambda chunk: encoder.encode(chunk, batch_size),
+        texts,
+        batch_size * CHUNK_BATCHES,
+        encoder.dim,
+        progress,
+    )
+
+
+def check_finite(vectors: Tensor, source: str) -> None:
+    """Raise, naming ``source`` and the first bad rows, when any row holds NaN or inf."""
+    bad = ~torch.isfinite(vectors).all(dim=-1)
+    if bad.any():
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"{int(bad.sum())} vector(s) from {source} contain NaN/inf (first rows: {rows}); "
+            "check the teacher's dtype (fp16 overflow: try dtype=bfloat16 or float32) and the input texts"
+        )
+
+
+# Reading images. Here rather than in data/: the vision tower's own preprocessing (a model, below data) reads
+# images too, and data/images.py imports it from here.
+def load_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image in RGB from a path or an image (palette, grey, RGBA and CMYK images are converted)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")

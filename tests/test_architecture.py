@@ -1,0 +1,142 @@
+"""The layers of docs/architecture.md, read off the source: imports point down (or sideways within a layer), never
+round in a circle, and sit at the top of a file unless a comment says why one waits inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Lowest first. A module may import from its own layer or any layer below, never above.
+LAYERS: list[tuple[str, list[str]]] = [
+    (
+        "encoders, losses, metrics",
+        [
+            "jasper.encoders",
+            "jasper.losses",
+            "jasper.resim",
+            "jasper.metrics",
+            "jasper.distributed",
+            "jasper.closed_form",
+            "jasper.model_files",
+            "jasper.packaged",
+        ],
+    ),
+    ("models", ["jasper.student", "jasper.vision", "jasper.teachers"]),
+    ("disk", ["jasper.checkpoints", "jasper.cache"]),
+    ("data", ["jasper.data"]),
+    (
+        "training",
+        ["jasper.stages", "jasper.stage4", "jasper.train", "jasper.sweeps", "jasper.config", "jasper.panels"],
+    ),
+    ("evaluation", ["jasper.evaluation", "jasper.run_report"]),
+    ("export", ["jasper.export"]),
+    ("entry points", ["train", "evaluate", "export", "precompute", "report", "hydra_plugins"]),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest listed prefix of ``module`` (``jasper.data.images`` -> ``jasper.data``)."""
+    best = None
+    for index, (_, members) in enumerate(LAYERS):
+        for member in members:
+            if module == member or module.startswith(member + "."):
+                if best is None or len(member) > best[1]:
+                    best = (index, len(member))
+    assert best is not None, f"{module} is in no layer: add it to LAYERS in tests/test_architecture.py"
+    return best[0]
+
+
+def source_files() -> list[Path]:
+    files = sorted((REPO / "jasper").rglob("*.py")) + sorted((REPO / "hydra_plugins").rglob("*.py"))
+    return files + [REPO / f"{name}.py" for name in ("train", "evaluate", "export", "precompute", "report")]
+
+
+def jasper_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, module)`` of every import of a jasper module, wherever it sits (``from jasper.x import y`` names
+    ``jasper.x``, or ``jasper.x.y`` when y is itself a module)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "jasper"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "jasper":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                as_file = REPO / Path(*sub.split("."))
+                is_module = as_file.with_suffix(".py").is_file() or (as_file / "__init__.py").is_file()
+                found.append((node.lineno, sub if is_module else node.module))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for path in source_files():
+        name = module_name(path)
+        edges[name] = {m for _, m in jasper_imports(ast.parse(path.read_text()))} - {name}
+    return edges
+
+
+def test_imports_point_down_the_layers():
+    """Every jasper import goes to the importer's own layer or one below it (docs/architecture.md)."""
+    upward = []
+    for path in source_files():
+        name = module_name(path)
+        for line, imported in jasper_imports(ast.parse(path.read_text())):
+            if layer_of(imported) > layer_of(name):
+                upward.append(
+                    f"{path.relative_to(REPO)}:{line}: {name} ({LAYERS[layer_of(name)][0]}) imports {imported} "
+                    f"({LAYERS[layer_of(imported)][0]})"
+                )
+    assert not upward, "imports that point up the layers:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    """No module reaches itself through its imports (a package counts as importing its __init__'s imports)."""
+    edges = graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_imports_inside_functions_say_why():
+    """An import inside a function is for a heavy optional dependency, and a comment says which: on its line, on
+    another line of its block of imports, or on the line above the block."""
+    silent = []
+    for path in source_files():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for sub in ast.walk(node):
+                if not isinstance(sub, ast.Import | ast.ImportFrom):
+                    continue
+                first = last = sub.lineno - 1
+                while first > 0 and lines[first - 1].strip().startswith(("from ", "import ")):
+                    first -= 1
+                while last + 1 < len(lines) and lines[last + 1].strip().startswith(("from ", "import ")):
+                    last += 1
+                block = lines[first : last + 1]
+                if not any("#" in line for line in block) and not lines[first - 1].strip().startswith("#"):
+                    silent.append(f"{path.relative_to(REPO)}:{sub.lineno}: {lines[sub.lineno - 1].strip()}")
+    assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(silent)
