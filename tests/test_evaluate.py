@@ -191,7 +191,7 @@ def test_prefix_export_serves_truncated_heads(tiny_bert, data_dir, tmp_path):
 def test_fidelity_and_local_mteb_task(student, tiny_bert, data_dir, tmp_path):
     """Fidelity of every row is measured against the teacher's FC1 on the held-out texts: 1 for the teacher itself,
     and for another student exactly what `teacher_fidelity` gives on the two models' own vectors."""
-    from jasper.evaluation.fidelity import teacher_fidelity
+    from jasper.metrics import teacher_fidelity
 
     held_out = [s for a, b, _ in STS for s in (a, b)]
     texts = tmp_path / "held_out.txt"
