@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,6 @@ from jasper.student import Student
 from jasper.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 from jasper.vision import VisionTower, load_vision_weights
 
-log = logging.getLogger(__name__)
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
 
 
@@ -129,19 +127,16 @@ class StageProgressBar(TQDMProgressBar):
 
 
 def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
-    """``cfg.data``, unless the stage names data of another kind (stage 4: image-caption pairs) and ``data=`` is a
-    text corpus: then the stage's own default (``stages.stage4.data``)."""
-    own = settings.get("data")
-    if own is None or cfg.data.get("_target_") == own.get("_target_"):
+    """The stage's own data when it names one (stage 4: ``images=``, image-caption pairs), else ``data=`` (the text
+    corpus of stages 1-3), so one multirun chains all four stages, each on its kind of data."""
+    if "data" not in settings:
         return cfg.data
-    log.info(
-        "stage %s trains on %s, not data=%s: using stages.stage%s.data",
-        cfg.stage,
-        own._target_,
-        cfg.data._target_,
-        cfg.stage,
-    )
-    return own
+    if settings.data is None:
+        raise ValueError(
+            f"stage {cfg.stage} trains on image-caption pairs but none are selected: add images=synthetic_shapes "
+            "(offline), images=folder images.source.root=DIR or images=infinity_mm (conf/images/)"
+        )
+    return settings.data
 
 
 def stage_loss(loss: DictConfig, weights: DictConfig | None, stage: int) -> DistillLoss:

@@ -201,7 +201,7 @@ COMMAND = re.compile(r"python (" + "|".join(ENTRY_POINTS) + r")\.py")
 OVERRIDE = re.compile(r"^[+~]{0,2}[\w.\-/@]+=")
 PLACEHOLDERS = {"$(RUN)": "demo", "<run>": "demo", "...": "x"}
 # Composed and resolved, not instantiated: their models and data are on the hub (or need the mpnet extra).
-HUB = ("experiment=jasper_paper", "teachers=nvembed_stella", "data=paper_mix", "data=infinity_mm")
+HUB = ("experiment=jasper_paper", "teachers=nvembed_stella", "data=paper_mix", "images=infinity_mm")
 MPNET_CONFIGS = ("experiment=jasper_analogue", "teachers=mpnet_minilm")
 
 
@@ -277,22 +277,10 @@ def test_the_command_lines_are_found():
     assert ("export", ("ckpt=outputs/mine/stage3/student.pt", "out=outputs/mine/export")) in commands
 
 
-# A bug these found: the default experiment (embedded) sets data.max_texts and data.length_buckets, text-corpus
-# keys, on whatever data= is chosen, so stage 4 with an image folder fails to build its ImageCaptionDataModule.
-IMAGE_FOLDER_BUG = pytest.mark.xfail(
-    strict=True, reason="experiment=embedded gives data=image_folder the text keys max_texts, length_buckets"
-)
-
-
 @pytest.mark.parametrize(
     "entry,args",
     [
-        pytest.param(
-            *key,
-            id=" ".join([key[0], *key[1]]),
-            marks=[IMAGE_FOLDER_BUG] if "data=image_folder" in key[1] else [],
-        )
-        for key in documented_commands()
+        pytest.param(*key, id=" ".join([key[0], *key[1]])) for key in documented_commands()
     ],
 )
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):

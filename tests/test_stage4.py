@@ -227,11 +227,16 @@ def test_stage4_composes_with_the_default_and_the_paper():
         settings = cfg.stages.stage4
         assert settings.module._target_ == "jasper.stage4.Stage4"
         assert settings.data._target_ == "jasper.data.images.ImageCaptionDataModule"
+        assert settings.data.source._target_ == "jasper.data.shapes.SyntheticShapes"
+        folder = compose("train", overrides=["stage=4", "images=folder", "images.source.root=/pairs"])
+        assert folder.stages.stage4.data.source.root == "/pairs"
+        assert folder.data.source._target_ == "jasper.data.EnglishProse"  # stages 1-3 keep theirs
         assert cfg.vision.model_name == "vit_tiny_patch16_224" and cfg.vision.pretrained is False
         paper = compose("train", overrides=["stage=4", "experiment=jasper_paper"], return_hydra_config=True)
         assert paper.stages.stage4.steps == 3500
         assert paper.stages.stage4.module.optimizer.lr == pytest.approx(1e-4)
         assert paper.vision.model_name == "vit_so400m_patch14_siglip_384"
+        assert paper.stages.stage4.data.source.path == "BAAI/Infinity-MM"
         # The embedded budget raises stage 4's cosine weight; the paper keeps loss= (10/200/20) as it is.
         assert settings.loss.cosine == 200.0
         assert paper.stages.stage4.loss.cosine == 10.0
@@ -256,3 +261,43 @@ def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
     assert torch.allclose(
         exported.encode(["a red square"]), module.student.encode(["a red square"]), atol=1e-5
     )
+
+
+def test_one_multirun_chains_text_stages_and_stage4_on_images(tmp_path, corpus_file):
+    """Stages 1-3 read the text corpus (data=) and stage 4 the image-caption pairs (images=) in one command line;
+    stage 4 starts from stage 3's student."""
+    from tests.test_pipeline import train
+
+    train(
+        [
+            "-m",
+            "stage=1,2,3,4",
+            "debug=fast",
+            f"paths.run_dir={tmp_path}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "data=local_files",
+            f"data.source.paths=[{corpus_file}]",
+            "images.source.count=60",
+        ]
+    )
+    (run,) = {p.parent for p in tmp_path.glob("**/stage4")}
+    assert all((run / f"stage{k}" / "student.pt").is_file() for k in (1, 2, 3, 4))
+    assert (run / "stage4" / "vision.pt").is_file()
+    log = (run / "stage4" / "train.log").read_text()
+    assert f"student initialised from {run / 'stage3' / 'student.pt'}" in log, log[-2000:]
+    assert "image-caption pairs: 32 train, 8 held out" in log, log[-2000:]
+
+
+def test_stage4_without_image_pairs_names_the_fix():
+    from hydra import compose, initialize_config_dir
+
+    import jasper.config  # noqa: F401
+    from jasper.train import stage_data
+    from tests.conftest import REPO
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["stage=4", "~images"], return_hydra_config=True)
+        with pytest.raises(ValueError, match="add images=synthetic_shapes"):
+            stage_data(cfg, cfg.stages.stage4)
+        text = compose("train", overrides=["stage=1", "images=folder", "images.source.root=/nowhere"])
+        assert stage_data(text, text.stages.stage1) is text.data  # the text stages never read images=

@@ -84,7 +84,7 @@ def split_pairs(pairs: Sequence[Pair], count: int, seed: int = 0) -> tuple[list[
     captions = sorted({c for _, c in pairs}, key=lambda c: caption_key(c, seed))
     if count >= len(captions):
         raise ValueError(
-            f"data.val_pairs={count} leaves no training pair: only {len(captions)} distinct captions; lower it"
+            f"images.val_pairs={count} leaves no training pair: only {len(captions)} distinct captions; lower it"
         )
     held_captions = set(captions[:count])
     held, seen, train = [], set(), []
@@ -126,7 +126,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
 
     ``transform``: the vision tower's preprocessing (``jasper.train.build`` passes it). ``tokenize``: the student's
     tokenizer for captions. ``teachers`` is accepted and ignored: in stage 4 the teacher is the student's own text
-    path. ``max_texts``: cap on the pairs read (the captions are the texts).
+    path. ``max_pairs``: cap on the pairs read.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
-        max_texts: int | None = None,
+        max_pairs: int | None = None,
         tokenize: Callable[[Sequence[str]], dict[str, Tensor]] | None = None,
         teachers: object | None = None,
         transform: Callable | None = None,
@@ -147,7 +147,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.max_texts = max_texts
+        self.max_pairs = max_pairs
         self.tokenize = tokenize
         self.transform = transform
         self.train_pairs: list[Pair] = []
@@ -159,7 +159,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
             return
         rows = []
         for row in self.source:
-            if self.max_texts is not None and len(rows) >= self.max_texts:
+            if self.max_pairs is not None and len(rows) >= self.max_pairs:
                 break
             rows.append(row)
         pairs, self.rejected = validate_pairs(rows)
