@@ -199,6 +199,13 @@ VARIANTS: dict[str, Variant] = {
         stages=(2,),
         start="make_demo",
     ),
+    "d_s2_bucket_window_4": Variant(
+        "default (stage 2 on the cosine loss), stage 2 buckets mixed: length-sorted within windows of 4 random "
+        "batches (default 50; 1 = random batches)",
+        [*DEFAULT, "data.bucket_window=4"],
+        stages=(2,),
+        start="make_demo",
+    ),
     "d_s3_prefix": Variant(
         "default, stage 3 prefix (Matryoshka) heads",
         [*DEFAULT, "model.mrl_mode=prefix"],
