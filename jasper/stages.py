@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 
 import lightning as L
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
 from jasper.cache import PooledFeatures
@@ -107,15 +108,31 @@ class DistillModule(L.LightningModule):
         vectors = self(batch, heads=self.student.head_names)
         teacher = self.teacher(batch)
         terms = self.losses({k: vectors[k] for k in self.trained_heads()}, teacher)
-        self.log("val/loss", terms["total"], batch_size=len(next(iter(vectors.values()))))
-        self._val_outputs.append((_cpu(vectors), _cpu(teacher)))
+        size = len(next(iter(vectors.values())))
+        self.log("val/loss", terms["total"], batch_size=size, sync_dist=True)
+        self._val_outputs.append(apply_to_collection((vectors, teacher), Tensor, Tensor.cpu))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        for name, value in self.validation_metrics(self._val_outputs).items():
+        for name, value in self.validation_metrics(self.held_out_rows(self._val_outputs)).items():
             self.log(f"val/{name}", value)
         self._val_outputs.clear()
+
+    def held_out_rows(self, outputs: list[tuple]) -> list[tuple]:
+        """The validation batches of every rank, in the held-out set's order, so that each rank's metrics are the
+        whole set's; one process: ``outputs`` as they are. Lightning's DistributedSampler (no shuffling for
+        validation) deals row i to rank i mod W and repeats the first rows to even the ranks out: the gathered
+        rows interleaved, cut to the set's length, are the set."""
+        world = self.trainer.world_size
+        if world == 1:
+            return outputs
+        local = tuple(_join([batch[part] for batch in outputs]) for part in (0, 1))
+        gathered = self.all_gather(
+            apply_to_collection(local, Tensor, lambda x: x.to(self.device))
+        )  # every leaf (W, n, ...)
+        size = len(self.trainer.val_dataloaders.dataset)
+        return [apply_to_collection(gathered, Tensor, lambda x: x.transpose(0, 1).flatten(0, 1)[:size].cpu())]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A frozen encoder stays in eval mode: dropout off, so its features are a fixed function of the text.
@@ -184,8 +201,11 @@ def as_tensor(table: Tensor | CachedRows) -> Tensor:
     return table if isinstance(table, Tensor) else table.tensor()
 
 
-def _cpu(value: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
-    return {k: v.cpu() for k, v in value.items()} if isinstance(value, dict) else value.cpu()
+def _join(parts: list) -> Tensor | dict[str, Tensor]:
+    """Batches (tensors, or dicts of them by head) joined along the rows."""
+    if isinstance(parts[0], dict):
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return torch.cat(parts)
 
 
 class Stage2(Stage1):

@@ -131,7 +131,7 @@ def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
     corpus of stages 1-3), so one multirun chains all four stages, each on its kind of data."""
     if "data" not in settings:
         return cfg.data
-    if settings.data is None:
+    if settings.data is None or "_target_" not in settings.data:  # debug=fast alone adds images.max_pairs
         raise ValueError(
             f"stage {cfg.stage} trains on image-caption pairs but none are selected: add images=synthetic_shapes "
             "(offline), images=folder images.source.root=DIR or images=infinity_mm (conf/images/)"

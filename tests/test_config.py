@@ -279,9 +279,7 @@ def test_the_command_lines_are_found():
 
 @pytest.mark.parametrize(
     "entry,args",
-    [
-        pytest.param(*key, id=" ".join([key[0], *key[1]])) for key in documented_commands()
-    ],
+    [pytest.param(*key, id=" ".join([key[0], *key[1]])) for key in documented_commands()],
 )
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):
     from jasper.evaluation.runner import default_out_dir, run_models, with_set_specs

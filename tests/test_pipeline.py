@@ -1,6 +1,7 @@
 """The real pipeline, small: train.py runs stages 1 -> 2 -> 3 on the packaged MiniLM; the student gets closer to
 its teachers. Also Hydra multirun chaining, resuming with ckpt_path=last, and two-process DDP (gloo)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 import jasper.config  # noqa: F401  (resolvers)
+from jasper.checkpoints import load_student
 from jasper.evaluation.report import load_json
+from jasper.metrics import teacher_fidelity
 from jasper.run_report import report
 from jasper.train import stage_loss
 from tests.record_batches import read as read_batches
@@ -67,8 +71,28 @@ def train(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     return result
 
 
-def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus_file, cache_dir):
-    overrides = small_run(tmp_path, corpus_file, cache_dir)
+# (before, after, held-out metric, margin): each stage must beat the one before it by more than the margin.
+# Over five seeds (experiments/pipeline_seed_spread.md, made by experiments/pipeline_seed_spread.py) every margin
+# sits below the smallest gain and at least 1.4 standard deviations under the mean gain (most 2-3).
+STAGE_GAINS = [
+    ("init", "stage1", "cos fc1", 0.3),  # FC1 from random to the teacher's space: gains 0.41-0.60
+    ("init", "stage1", "spearman fc1", 0.04),  # 0.105-0.206
+    ("stage1", "stage2", "cos fc1", 0.05),  # the encoder trains: 0.123-0.288
+    ("stage1", "stage2", "spearman fc1", 0.03),  # 0.072-0.167
+    ("stage2", "stage3", "spearman 128", 0.01),  # the heads train: 0.027-0.115
+    ("stage2", "stage3", "spearman 32", 0.015),  # 0.033-0.178
+]
+
+
+def stages_run(run_dir: Path, corpus_file: str, cache: Path) -> list[str]:
+    """`small_run` with stage 3's heads starting where stage 2 left them (random): their gain is then stage 3's
+    training alone (with the default head_init=fc1_prefix, FC1's prefix alone beats stage 2's random heads, so
+    heads that never trained would pass too)."""
+    return [*small_run(run_dir, corpus_file, cache), "stages.stage3.module.head_init=random"]
+
+
+def test_each_stage_brings_the_student_closer_than_the_one_before(tmp_path, corpus_file, cache_dir):
+    overrides = stages_run(tmp_path, corpus_file, cache_dir)
     result = train(["--multirun", "stage=1,2,3", *overrides])
     log = result.stdout + result.stderr
     (job_dir,) = {p.parent for p in tmp_path.glob("**/stage1")}  # overrides other than stage pick one folder
@@ -83,12 +107,9 @@ def test_stages_1_to_3_bring_the_student_closer_to_its_teachers(tmp_path, corpus
     report(cfg)
     rows = {row.model.split("/")[-1]: row.metrics for row in load_json(tmp_path / "fidelity.json")}
     assert list(rows) == ["init", "stage1", "stage2", "stage3"]
-    init = rows["init"]
-    for stage in ("stage1", "stage2", "stage3"):  # a random FC1 starts near 0
-        assert rows[stage]["cos fc1"] > init["cos fc1"] + 0.3
-    assert rows["stage1"]["spearman fc1"] > init["spearman fc1"] + 0.005
-    for head in ("128", "32"):  # trained only in stage 3
-        assert rows["stage3"][f"spearman {head}"] > init[f"spearman {head}"] + 0.003
+    for before, after, metric, margin in STAGE_GAINS:
+        gain = rows[after][metric] - rows[before][metric]
+        assert gain > margin, f"{after} - {before} on {metric}: {gain:+.4f}, margin {margin}: {rows}"
 
 
 def record(path: Path, losses: bool = False) -> str:
@@ -199,3 +220,14 @@ def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_
         torch.testing.assert_close(cos, expected["cos"], msg=name)
     assert sizes == [8, 8, 8, 8, 3]
     assert not list(tmp_path.glob("ddp.rank0.val2.pt"))
+    # The logged held-out metrics are the whole set's (both ranks' rows, in order), as one process computes them
+    # from the saved student; validation ran after the last step.
+    student, _ = load_student(tmp_path / "stage2" / "student.pt")
+    datamodule = instantiate(
+        cfg.data, teachers=instantiate(cfg.teachers), tokenize=student.tokenize, batch_size=8
+    )
+    datamodule.setup("validate")
+    expected = teacher_fidelity(student.encode(datamodule.val_set.texts), datamodule.val_set.teacher_vectors)
+    logged = json.loads(metrics)["metrics"]
+    assert logged["val/spearman_fc1"] == pytest.approx(expected["spearman"], abs=1e-4)
+    assert logged["val/cosine_fc1"] == pytest.approx(expected["cosine"], abs=1e-4)
