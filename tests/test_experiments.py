@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DEV_DATA = REPO.parent / "shared" / "data" / "dev"
 
 
 def write_metrics(stage_dir: Path, rows: list[dict]) -> None:
@@ -62,3 +63,54 @@ def test_smoothing_is_a_trailing_mean(window):
     values = [float(v * v % 7) for v in range(25)]
     expected = [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]
     assert smooth(values, window) == pytest.approx(expected, abs=1e-12)
+
+
+def _student_run(run_dir: Path, minilm: str, fc1_dim: int) -> None:
+    from jasper.checkpoints import save_student
+    from jasper.student import Student
+
+    student = Student(minilm, fc1_dim=fc1_dim, num_layers=1, max_length=32)
+    save_student(student, run_dir / "stage1" / "student.pt")
+
+
+def _fidelity(run_dir: Path) -> subprocess.CompletedProcess:
+    if not DEV_DATA.is_dir():
+        pytest.skip(f"the dev sets are not at {DEV_DATA}")
+    from jasper.packaged import MPNET, packaged_model
+
+    try:
+        packaged_model(MPNET)
+    except ImportError:
+        pytest.skip("the mpnet extra is not installed (make install-mpnet)")
+    command = ["experiments/jasper_analogue_fidelity.py", str(run_dir), "--dev-dir", str(DEV_DATA)]
+    return subprocess.run(
+        [sys.executable, *command, "--max-pairs", "12"], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_jasper_analogue_fidelity_scores_each_teacher_slice(tmp_path, minilm_path):
+    _student_run(tmp_path / "run", minilm_path, fc1_dim=768 + 384)
+    result = _fidelity(tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout[result.stdout.index("| vectors |") :].splitlines()[2:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table}
+    assert list(rows) == [
+        "all-mpnet-base-v2",
+        "all-MiniLM-L6-v2 (init)",
+        "target: both concatenated",
+        "stage1 FC1",
+        "stage1 FC1[:768] (mpnet part)",
+        "stage1 FC1[768:] (init part)",
+    ]
+    for name, cells in rows.items():
+        stsb, sick = float(cells[0]), float(cells[1])
+        assert -1.0 <= stsb <= 1.0 and -1.0 <= sick <= 1.0, name
+    to_mpnet, to_init = (float(c.rstrip(" |")) for c in rows["stage1 FC1"][2:])
+    assert abs(to_mpnet) < 0.5 and abs(to_init) < 0.5  # a random FC1 agrees with neither teacher
+
+
+def test_jasper_analogue_fidelity_refuses_another_fc1(tmp_path, minilm_path):
+    _student_run(tmp_path / "run", minilm_path, fc1_dim=384)
+    result = _fidelity(tmp_path / "run")
+    assert result.returncode != 0
+    assert "FC1 is 384-d, not the 1152-d of mpnet + MiniLM" in result.stderr
