@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jasper.checkpoints import load_student, stage_students
+from jasper.checkpoints import load_student, read_student_state, stage_students
 from jasper.config import packaged_minilm, packaged_mpnet
 from jasper.evaluation.loaders import load_sts_tsv
 from jasper.metrics import spearman
@@ -51,26 +51,29 @@ def main() -> None:
         "all-mpnet-base-v2": SentenceTransformer(packaged_mpnet(), device="cpu"),
         "all-MiniLM-L6-v2 (init)": SentenceTransformer(packaged_minilm(), device="cpu"),
     }
+    mpnet_dim = teachers["all-mpnet-base-v2"].get_embedding_dimension()
+    target_dim = sum(model.get_embedding_dimension() for model in teachers.values())
+    students = stage_students(args.run_dir)
+    if not students:
+        raise SystemExit(f"no stage*/student.pt under {args.run_dir}: train the run first (docstring)")
+    for _, path in students:  # before the slow teacher encoding: a wrong run fails at once
+        fc1_dim = int(read_student_state(path)[1]["fc1.weight"].shape[0])
+        if fc1_dim != target_dim:
+            raise SystemExit(
+                f"{path}: FC1 is {fc1_dim}-d, not the {target_dim}-d of mpnet + MiniLM "
+                "(experiment=jasper_analogue's teachers=mpnet_minilm)"
+            )
+
     teacher_vectors = {
         name: model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True).cpu()
         for name, model in teachers.items()
     }
     mpnet, init = teacher_vectors.values()
-    mpnet_dim = mpnet.shape[1]
     target = F.normalize(torch.cat([mpnet, init], dim=-1), dim=-1)
-
     rows = [(name, by_text(texts, v), None, None) for name, v in teacher_vectors.items()]
     rows.append(("target: both concatenated", by_text(texts, target), None, None))
-    students = stage_students(args.run_dir)
-    if not students:
-        raise SystemExit(f"no stage*/student.pt under {args.run_dir}: train the run first (docstring)")
     for stage, path in students:
         student, _ = load_student(path)
-        if student.fc1_dim != target.shape[1]:
-            raise SystemExit(
-                f"{path}: FC1 is {student.fc1_dim}-d, not the {target.shape[1]}-d of mpnet + MiniLM "
-                "(experiment=jasper_analogue's teachers=mpnet_minilm)"
-            )
         fc1 = student.encode(texts, "fc1", show_progress=True)
         to_mpnet, to_init = F.normalize(fc1[:, :mpnet_dim], dim=-1), F.normalize(fc1[:, mpnet_dim:], dim=-1)
         fidelity = (float((to_mpnet * mpnet).sum(-1).mean()), float((to_init * init).sum(-1).mean()))
