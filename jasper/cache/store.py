@@ -16,6 +16,7 @@ from jasper.cache.format import (
     CORPUS_FILE,
     FORMAT,
     IDS_FILE,
+    LOCK,
     MANIFEST,
     SHARD,
     SHARD_ROWS,
@@ -33,6 +34,7 @@ from jasper.cache.format import (
 from jasper.cache.reader import CacheReader
 from jasper.cache.verify import _verify_teacher, check_shard_files
 from jasper.encoders import check_finite, encode_all
+from jasper.model_files import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +126,31 @@ class TeacherCache:
         for encoder in todo:
             folder = self.teacher_dir(encoder)
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(".*.tmp"):  # left by a killed build
-                stale.unlink()
-            _write_json(folder / "fingerprint.json", fingerprint(encoder))
-            dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
-            for index in missing[id(encoder)]:
-                start, stop = shards[index]
-                vectors = encode_all(encoder, texts[start:stop], batch_size, progress)
-                check_finite(vectors, f"{encoder.name}, shard {index} (rows {start}..{stop - 1})")
-                if getattr(encoder, "normalize", True):
-                    vectors = F.normalize(vectors.float(), dim=-1)
-                array = vectors.numpy().astype(dtype)
-                _atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
-            self._finish(encoder, ids, shards)
+            # One writer per teacher folder: a second builder (another DDP rank, a parallel sweep job) waits here,
+            # then finds the shards written and encodes nothing; without it, its cleanup below could delete the
+            # first one's half-written shard before that one's rename.
+            with exclusive(folder / LOCK, f"the {encoder.name} vectors of {self.root}"):
+                if self.manifest(encoder) is not None:
+                    progress.update(sum(shards[i][1] - shards[i][0] for i in missing[id(encoder)]))
+                    continue
+                for stale in folder.glob(
+                    ".*.tmp"
+                ):  # left by a killed build: the lock holder is the only writer
+                    stale.unlink()
+                _write_json(folder / "fingerprint.json", fingerprint(encoder))
+                dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
+                for index in missing[id(encoder)]:
+                    start, stop = shards[index]
+                    if (folder / SHARD.format(index)).exists():  # written by a builder this one waited for
+                        progress.update(stop - start)
+                        continue
+                    vectors = encode_all(encoder, texts[start:stop], batch_size, progress)
+                    check_finite(vectors, f"{encoder.name}, shard {index} (rows {start}..{stop - 1})")
+                    if getattr(encoder, "normalize", True):
+                        vectors = F.normalize(vectors.float(), dim=-1)
+                    array = vectors.numpy().astype(dtype)
+                    _atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
+                self._finish(encoder, ids, shards)
         progress.close()
         if total:
             seconds = time.perf_counter() - started

@@ -204,6 +204,7 @@ class TextDistillDataModule(L.LightningDataModule):
         self.length_buckets = length_buckets
         self.bucket_window = bucket_window
         self.rejected: Counter = Counter()
+        self._prepared: tuple[list[str], list[str]] | None = None
         self.train_set: DistillTextDataset | None = None
         self.val_set: DistillTextDataset | None = None
 
@@ -268,28 +269,51 @@ class TextDistillDataModule(L.LightningDataModule):
             show_progress=show_progress,
         )
 
+    def _built_cache(
+        self, texts: list[str], encoders: Sequence[object], precomputed: bool = True
+    ) -> TeacherCache | None:
+        """The cache of these encoders' vectors, with whatever it lacked encoded (nothing when it is complete or
+        a precomputed ``teacher_cache``); None when the vectors are computed in memory instead."""
+        cache = self.cache(texts, precomputed)
+        if cache is not None and not (self.teacher_cache and precomputed):
+            self.build_cache(texts, encoders, precomputed=precomputed)
+        return cache
+
     def _vectors(
         self, texts: list[str], encoders: Sequence[object], what: str, precomputed: bool = True
     ) -> CachedRows | Tensor:
-        cache = self.cache(texts, precomputed)
+        cache = self._built_cache(texts, encoders, precomputed)
         if cache is None:
             log.info("encoding %d texts with %s in memory (no cache)", len(texts), what)
             if list(encoders) == self.teachers.teachers:
                 return self.teachers.encode(texts)
             return torch.cat([encode_all(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
-        if not (self.teacher_cache and precomputed):
-            self.build_cache(
-                texts, encoders, precomputed=precomputed
-            )  # encodes only what is missing; nothing when precomputed
         reader = cache.reader(encoders)
         log.info("%s for %d texts read from %s", what, len(texts), cache.root)
         return CachedRows(reader, reader.lookup(text_ids(texts)))
 
+    def prepare_data(self) -> None:
+        """Build what the caches lack in one process per node: Lightning runs this on local rank 0 while the
+        other ranks wait at a barrier with no timeout, however long the encoding takes; ``setup`` then only reads.
+        (Two ranks building at once would encode everything twice; the cache's lock keeps them correct.)"""
+        texts = self._texts()
+        self._built_cache(texts, self.teachers.teachers)
+        if self.features is not None:
+            self._built_cache(texts, [PooledFeatures(self.features)], precomputed=False)
+
+    def _texts(self) -> list[str]:
+        """Training then held-out texts, read once per process."""
+        if self._prepared is None:
+            train, held_out = self.prepare_texts()
+            self._prepared = (train, held_out)
+        return self._prepared[0] + self._prepared[1]
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, held_out = self.prepare_texts()
-        texts = train + held_out
+        texts = self._texts()
+        train, held_out = self._prepared
+        n = len(train)
         vectors = self._vectors(texts, self.teachers.teachers, f"teachers {self.teachers.names}")
         if len(vectors) != len(texts) or (vectors[0].shape[-1] if len(vectors) else 0) != self.teachers.dim:
             raise ValueError(
@@ -300,7 +324,6 @@ class TextDistillDataModule(L.LightningDataModule):
         if self.features is not None:
             encoder = PooledFeatures(self.features)
             features = self._vectors(texts, [encoder], "stage-1 features", precomputed=False)
-        n = len(train)
         if features is not None:
             features = (
                 features[:n]
