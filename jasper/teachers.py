@@ -12,6 +12,7 @@ NV-Embed-v2 (7B) and stella (1.5B) that is minutes and tens of GB per rank saved
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -301,14 +302,27 @@ class HuggingFaceTeacher(LazyTeacher):
 
 
 class TeacherEnsemble:
-    """Normalise each teacher's vectors, concatenate them, normalise the concatenation."""
+    """Normalise each teacher's vectors, scale it by its weight, concatenate, normalise the concatenation.
 
-    def __init__(self, teachers: Sequence[Teacher], batch_size: int = 32, online: bool = False) -> None:
+    ``weights`` (one per teacher, default all 1: the paper's target) sets each teacher's share of the target:
+    teacher k holds w_k^2 / sum(w^2) of its squared norm, and a student whose slices have those norms has a cosine
+    to the target equal to the sum of its per-teacher cosines with those shares. Weights 2 and 1 make the first
+    teacher four times as loud as the second in the cosine term and in the similarity terms' target.
+    """
+
+    def __init__(
+        self,
+        teachers: Sequence[Teacher],
+        batch_size: int = 32,
+        online: bool = False,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         if not teachers:
             raise ValueError("no teachers configured: add at least one under teachers.members")
         self.teachers = list(teachers)
         self.batch_size = batch_size
         self.online = online  # True: encode in memory at setup, never read or write the TeacherCache
+        self.weights = check_weights(weights, self.names)
 
     @property
     def dim(self) -> int:
@@ -321,11 +335,27 @@ class TeacherEnsemble:
     def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
         """``(N, sum of teacher dims)`` float32 vectors; raises on NaN/inf so bad vectors never reach training."""
         parts = []
-        for teacher in self.teachers:
+        for teacher, weight in zip(self.teachers, self.weights, strict=True):
             with tqdm(
                 total=len(texts), desc=f"teacher {teacher.name}", unit="text", disable=not show_progress
             ) as bar:
                 part = encode_all(teacher, texts, self.batch_size, bar)
             check_finite(part, teacher.name)
-            parts.append(F.normalize(part, dim=-1))
+            parts.append(weight * F.normalize(part, dim=-1))
         return F.normalize(torch.cat(parts, dim=-1), dim=-1)
+
+
+def check_weights(weights: Sequence[float] | None, names: Sequence[str]) -> list[float]:
+    """One finite positive weight per teacher (all 1 when None); an error naming the teachers otherwise."""
+    if weights is None:
+        return [1.0] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise ValueError(
+            f"teachers.weights has {len(weights)} value(s) for {len(names)} teacher(s) {list(names)}: give one "
+            "weight per teacher, in the same order (or null for equal weights)"
+        )
+    bad = [f"{n}={w}" for n, w in zip(names, weights, strict=True) if not math.isfinite(w) or w <= 0]
+    if bad:
+        raise ValueError(f"teachers.weights must be finite and > 0: {', '.join(bad)}")
+    return weights

@@ -77,6 +77,11 @@ def test_teachers_concatenate_at_read_time_and_a_new_teacher_encodes_only_itself
     expected = TeacherEnsemble([teacher, second]).encode(texts, show_progress=False)
     assert both.shape == (70, teacher.dim + second.dim)
     assert torch.allclose(both, expected, atol=2e-3)
+    # Teacher weights apply at read time: the same shards give the weighted ensemble's target (float16 shards).
+    weighted = cache.reader([teacher, second], weights=[3.0, 1.0])[np.arange(len(texts))]
+    expected = TeacherEnsemble([teacher, second], weights=[3.0, 1.0]).encode(texts, show_progress=False)
+    assert torch.allclose(weighted, expected, atol=2e-3)
+    assert not torch.allclose(weighted, both, atol=2e-3)
 
 
 KILLER = textwrap.dedent(

@@ -27,6 +27,31 @@ def test_ensemble_normalises_each_teacher_then_the_concatenation(tiny_bert, tiny
     assert torch.allclose(vectors[:, : a.dim].norm(dim=-1), torch.full((4,), 2**-0.5), atol=1e-5)
 
 
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (2.0, 1.0), (0.3, 5.0)])
+def test_weighted_ensemble_is_the_reference_formula(tiny_bert, tiny_qwen2, weights):
+    """Reference: unit vector per teacher, times its weight, concatenated, unit again (atol 1e-5, float32); the
+    per-teacher slice norms are w_k / sqrt(sum w^2), the target's share each teacher holds."""
+    a, b = HuggingFaceTeacher(tiny_bert, pooling="cls"), HuggingFaceTeacher(tiny_qwen2, pooling="last")
+    vectors = TeacherEnsemble([a, b], weights=weights).encode(TEXTS, show_progress=False)
+    parts = [w * F.normalize(t.encode(TEXTS), dim=-1) for t, w in zip((a, b), weights, strict=True)]
+    torch.testing.assert_close(vectors, F.normalize(torch.cat(parts, dim=-1), dim=-1), atol=1e-5, rtol=0)
+    norm = (weights[0] ** 2 + weights[1] ** 2) ** 0.5
+    torch.testing.assert_close(
+        vectors[:, : a.dim].norm(dim=-1), torch.full((4,), weights[0] / norm), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [([1.0], r"1 value\(s\) for 2 teacher\(s\)"), ([1.0, 0.0], "b=0.0"), ([float("nan"), 1.0], "a=nan")],
+)
+def test_bad_teacher_weights_are_refused_naming_the_teacher(tiny_bert, weights, message):
+    a = HuggingFaceTeacher(tiny_bert, name="a")
+    b = HuggingFaceTeacher(tiny_bert, name="b")
+    with pytest.raises(ValueError, match=message):
+        TeacherEnsemble([a, b], weights=weights)
+
+
 def test_student_init_as_teacher_equals_the_students_pooled_state(minilm_path):
     teacher = HuggingFaceTeacher(minilm_path, num_layers=3, pooling="mean", max_length=128)
     student = Student(minilm_path, fc1_dim=8, num_layers=3, max_length=128).eval()
@@ -113,3 +138,13 @@ def test_a_complete_cache_trains_without_loading_any_teacher(tiny_bert, corpus_f
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 2
     assert not any(t.loaded for t in datamodule.teachers.teachers)
+    # teachers.weights re-weights the same cache at read time: nothing encoded, no teacher loaded.
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        weighted_cfg = compose("train", overrides=[*args, "teachers.weights=[3.0,1.0]"])
+    _, weighted, _ = build(weighted_cfg)
+    weighted.setup("fit")
+    plain = datamodule.val_set.teacher_vectors
+    halves = [F.normalize(plain[:, :32], dim=-1), F.normalize(plain[:, 32:], dim=-1)]
+    expected = F.normalize(torch.cat([3.0 * halves[0], halves[1]], dim=-1), dim=-1)
+    torch.testing.assert_close(weighted.val_set.teacher_vectors, expected, atol=1e-5, rtol=0)
+    assert not any(t.loaded for t in weighted.teachers.teachers)

@@ -21,10 +21,18 @@ class CacheReader:
     """Rows of one or more cached encoders, read from memory-mapped shards (memory stays flat).
 
     ``reader[rows]`` -> ``(len(rows), sum of dims)`` float32: each encoder's row normalised (when it was
-    normalised at build), the parts concatenated, and the concatenation normalised (again: when normalised).
+    normalised at build) and scaled by its weight (`TeacherEnsemble`), the parts concatenated, and the
+    concatenation normalised (again: when normalised). Weights are applied here, at read time, so changing them
+    never re-encodes.
     """
 
-    def __init__(self, root: Path, folders: Sequence[Path], manifests: Sequence[dict]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        folders: Sequence[Path],
+        manifests: Sequence[dict],
+        weights: Sequence[float] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.folders = [Path(f) for f in folders]
         self.manifests = list(manifests)
@@ -32,6 +40,15 @@ class CacheReader:
         self.rows = self.manifests[0]["rows"]
         self.dims = [m["teacher"]["dim"] for m in self.manifests]
         self.normalize = all(m["teacher"]["normalize"] for m in self.manifests)
+        self.weights = [1.0] * len(self.dims) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.dims):
+            raise ValueError(
+                f"{len(self.weights)} weight(s) for {len(self.dims)} cached encoder(s): give one each"
+            )
+        if not self.normalize and set(self.weights) != {1.0}:
+            raise ValueError(
+                "weights scale normalised teacher vectors; these cached vectors are not normalised"
+            )
         self._maps: dict[tuple[int, int], np.ndarray] = {}
         self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -59,7 +76,7 @@ class CacheReader:
         shard, offset = np.divmod(rows, self.shard_rows)
         shards = np.unique(shard)
         parts = []
-        for teacher, dim in enumerate(self.dims):
+        for teacher, (dim, weight) in enumerate(zip(self.dims, self.weights, strict=True)):
             if len(shards) == 1:  # the common case of one row, or rows of one shard: no masks
                 part = np.asarray(self._shard(teacher, int(shards[0]))[offset], dtype=np.float32)
             else:
@@ -67,7 +84,7 @@ class CacheReader:
                 for s in shards:
                     where = shard == s
                     part[where] = self._shard(teacher, int(s))[offset[where]]
-            parts.append(_unit(part) if self.normalize else part)
+            parts.append(weight * _unit(part) if self.normalize else part)
         vectors = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         if self.normalize and len(parts) > 1:
             vectors = _unit(vectors)

@@ -133,9 +133,8 @@ class TeacherCache:
                 if self.manifest(encoder) is not None:
                     progress.update(sum(shards[i][1] - shards[i][0] for i in missing[id(encoder)]))
                     continue
-                for stale in folder.glob(
-                    ".*.tmp"
-                ):  # left by a killed build: the lock holder is the only writer
+                # Temporary files are a killed build's leftovers: the lock holder is the only writer.
+                for stale in folder.glob(".*.tmp"):
                     stale.unlink()
                 _write_json(folder / "fingerprint.json", fingerprint(encoder))
                 dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
@@ -183,10 +182,12 @@ class TeacherCache:
         _write_json(folder / MANIFEST, manifest)
 
     # Reading.
-    def reader(self, encoders: Sequence[object], check_shards: bool = True) -> CacheReader:
-        """Random access to the concatenated rows of ``encoders`` (each must be built and match). Every shard's
-        size and digest are checked once here (`check_shard_files`), so a damaged cache is refused before
-        training reads it."""
+    def reader(
+        self, encoders: Sequence[object], check_shards: bool = True, weights: Sequence[float] | None = None
+    ) -> CacheReader:
+        """Random access to the concatenated rows of ``encoders`` (each must be built and match), each scaled by
+        its weight (default 1). Every shard's size and digest are checked once here (`check_shard_files`), so a
+        damaged cache is refused before training reads it."""
         manifests = []
         for encoder in encoders:
             self.check(encoder)
@@ -200,7 +201,7 @@ class TeacherCache:
         if check_shards:
             for folder, manifest in zip(folders, manifests, strict=True):
                 check_shard_files(folder, manifest)
-        return CacheReader(self.root, folders, manifests)
+        return CacheReader(self.root, folders, manifests, weights)
 
     # Integrity.
     def verify(self) -> list[str]:

@@ -283,12 +283,13 @@ class TextDistillDataModule(L.LightningDataModule):
         self, texts: list[str], encoders: Sequence[object], what: str, precomputed: bool = True
     ) -> CachedRows | Tensor:
         cache = self._built_cache(texts, encoders, precomputed)
+        ensemble = list(encoders) == self.teachers.teachers
         if cache is None:
             log.info("encoding %d texts with %s in memory (no cache)", len(texts), what)
-            if list(encoders) == self.teachers.teachers:
+            if ensemble:
                 return self.teachers.encode(texts)
             return torch.cat([encode_all(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
-        reader = cache.reader(encoders)
+        reader = cache.reader(encoders, weights=self.teachers.weights if ensemble else None)
         log.info("%s for %d texts read from %s", what, len(texts), cache.root)
         return CachedRows(reader, reader.lookup(text_ids(texts)))
 
@@ -296,23 +297,23 @@ class TextDistillDataModule(L.LightningDataModule):
         """Build what the caches lack in one process per node: Lightning runs this on local rank 0 while the
         other ranks wait at a barrier with no timeout, however long the encoding takes; ``setup`` then only reads.
         (Two ranks building at once would encode everything twice; the cache's lock keeps them correct.)"""
-        texts = self._texts()
+        train, held_out = self._split()
+        texts = train + held_out
         self._built_cache(texts, self.teachers.teachers)
         if self.features is not None:
             self._built_cache(texts, [PooledFeatures(self.features)], precomputed=False)
 
-    def _texts(self) -> list[str]:
-        """Training then held-out texts, read once per process."""
+    def _split(self) -> tuple[list[str], list[str]]:
+        """``prepare_texts``, read once per process (rank 0 reads them in ``prepare_data``, then ``setup``)."""
         if self._prepared is None:
-            train, held_out = self.prepare_texts()
-            self._prepared = (train, held_out)
-        return self._prepared[0] + self._prepared[1]
+            self._prepared = self.prepare_texts()
+        return self._prepared
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        texts = self._texts()
-        train, held_out = self._prepared
+        train, held_out = self._split()
+        texts = train + held_out
         n = len(train)
         vectors = self._vectors(texts, self.teachers.teachers, f"teachers {self.teachers.names}")
         if len(vectors) != len(texts) or (vectors[0].shape[-1] if len(vectors) else 0) != self.teachers.dim:
