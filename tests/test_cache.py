@@ -176,11 +176,15 @@ def test_a_second_builder_waits_for_the_first_and_leaves_its_files_alone(tmp_pat
     calls = []
     encode = teacher.encode
     teacher.encode = lambda chunk, batch_size: calls.append(len(chunk)) or encode(chunk, batch_size)
-    second = threading.Thread(
-        target=cache.build,
-        args=(texts, [teacher]),
-        kwargs={"batch_size": 2, "shard_rows": SHARD_ROWS, "show_progress": False},
-    )
+    errors = []
+
+    def build():
+        try:
+            cache.build(texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False)
+        except Exception as error:  # a thread's exception would otherwise vanish
+            errors.append(error)
+
+    second = threading.Thread(target=build)
     try:
         with exclusive(folder / LOCK, "the first builder's shards"):  # the first builder, mid-shard
             in_flight = folder / ".shard-00000.npy.12345.tmp"
@@ -195,7 +199,7 @@ def test_a_second_builder_waits_for_the_first_and_leaves_its_files_alone(tmp_pat
         second.join(timeout=60)
     finally:
         del teacher.encode
-    assert not second.is_alive() and calls == []
+    assert not second.is_alive() and errors == [] and calls == []
     assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
     assert verify_tree(tmp_path) == []
 
