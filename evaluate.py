@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import jasper.config  # noqa: F401  (registers the config resolvers)
+import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.evaluation.runner import evaluate, missing_data_note
 
 REPO = Path(__file__).resolve().parent

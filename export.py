@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.export import export_checkpoint
+import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
+from jasper.exporting import export_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -8,8 +8,8 @@ See docs/cache.md.
 import hydra
 from omegaconf import DictConfig
 
-import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.cache import precompute
+import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
+from jasper.storage.cache import precompute
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="precompute")

@@ -6,8 +6,8 @@ config rebuilds (evaluate.py's `fidelity` set scores any model against a teacher
 import hydra
 from omegaconf import DictConfig
 
-import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.run_report import report
+import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
+from jasper.evaluation.fidelity import report
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")

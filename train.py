@@ -5,8 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import jasper.config  # noqa: F401  (registers the config resolvers)
-from jasper.train import RunRefused, check_overrides, run
+import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
+from jasper.training.run import RunRefused, check_overrides, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

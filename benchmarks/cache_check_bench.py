@@ -1,4 +1,4 @@
-"""Cost of the teacher-cache check on load (`jasper.cache.check_shard_files`: every shard's size and digest).
+"""Cost of the teacher-cache check on load (`jasper.storage.cache.check_shard_files`: every shard's size and digest).
 
     python benchmarks/cache_check_bench.py [--rows 1000000] [--dim 768]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.cache import SHARD, _hash_bytes, check_shard_files
+from jasper.storage.cache import SHARD, _hash_bytes, check_shard_files
 
 
 def main() -> None:

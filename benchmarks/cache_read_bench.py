@@ -33,7 +33,7 @@ def _child(rows: int, reads: int) -> dict:
 
     torch.set_num_threads(1)
 
-    from jasper.cache import TeacherCache
+    from jasper.storage.cache import TeacherCache
     from jasper.data.datamodule import CachedRows
 
     class Synthetic:

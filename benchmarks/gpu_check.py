@@ -208,7 +208,7 @@ def compose(settings: dict, tokenizer: str, work: Path, run: str, overrides: lis
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import jasper.config  # noqa: F401  (resolvers)
+    import jasper.training.resolvers  # noqa: F401  (resolvers)
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose(
@@ -232,13 +232,13 @@ def compose(settings: dict, tokenizer: str, work: Path, run: str, overrides: lis
 
 
 def build_run(cfg, texts: list[str], cuda: bool):
-    """Student, stage module and data module as jasper.train.build makes them, with synthetic teachers."""
+    """Student, stage module and data module as jasper.training.run.build makes them, with synthetic teachers."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from jasper.teachers import TeacherEnsemble
-    from jasper.train import check_accelerator
+    from jasper.models.teachers import TeacherEnsemble
+    from jasper.training.run import check_accelerator
 
     check_accelerator(cfg)
     torch.manual_seed(cfg.seed)
@@ -258,12 +258,12 @@ def text_datamodule(cfg, texts: list[str], teachers, tokenize):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from jasper.train import stage_settings
+    from jasper.training.run import stage_settings
 
     data = cfg.data.copy()
     with open_dict(data):
         data.pop("source")
-    batch_size = stage_settings(cfg).batch_size  # as jasper.train.build gives it
+    batch_size = stage_settings(cfg).batch_size  # as jasper.training.run.build gives it
     return instantiate(data, _partial_=True, teachers=teachers, tokenize=tokenize, batch_size=batch_size)(
         source=texts
     )
@@ -406,7 +406,7 @@ def phase_peak(out: Path, cuda: bool, budget: float) -> float:
 
 
 def phase_data(out: Path, work: Path, settings: dict, tokenizer: str) -> list[str]:
-    from jasper.cache import TeacherCache
+    from jasper.storage.cache import TeacherCache
 
     texts = synthetic_texts(settings["texts"], settings["words"], tokenizer)
     (work / "texts.json").write_text(json.dumps(texts))
@@ -681,7 +681,7 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
     # the one function export.py calls, in this process: a second Python start would cost half its minute.
     from sentence_transformers import SentenceTransformer
 
-    from jasper.export import EXPORT_FILE, export_checkpoint, load_student
+    from jasper.exporting import EXPORT_FILE, export_checkpoint, load_student
 
     export_dir = folder / "export"
     start = time.perf_counter()
@@ -772,7 +772,7 @@ def phase_resim(out: Path, settings: dict, cuda: bool, budget: float) -> None:
     import torch
     import torch.nn.functional as F
 
-    from jasper.losses import relative_similarity_loss, relative_similarity_loss_reference
+    from jasper.core.losses import relative_similarity_loss, relative_similarity_loss_reference
 
     device = "cuda" if cuda else "cpu"
     generator = torch.Generator().manual_seed(0)
@@ -833,8 +833,8 @@ def phase_loader(out: Path, work: Path, settings: dict, tokenizer: str, budget: 
     import numpy as np
     from transformers import AutoTokenizer
 
-    from jasper.cache import TeacherCache
-    from jasper.teachers import TeacherEnsemble
+    from jasper.storage.cache import TeacherCache
+    from jasper.models.teachers import TeacherEnsemble
 
     texts = json.loads((work / "texts.json").read_text())
     fits = [
@@ -990,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.tokenizer is None:
-        from jasper.config import packaged_minilm
+        from jasper.training.resolvers import packaged_minilm
 
         args.tokenizer = packaged_minilm()
     args.tokenizer = str(Path(args.tokenizer).resolve())

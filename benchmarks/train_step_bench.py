@@ -10,7 +10,7 @@ L2-normalised 768-d teacher vectors. Optimiser (AdamW), cosine schedule with war
 come from the composed stage-2 config (``conf/``), the same for every loop.
 
 - ``bare``: plain PyTorch: forward, loss, backward, clip, AdamW step, zero_grad, scheduler step.
-- ``jasper``: ``jasper.stages.Stage2`` fitted by the ``lightning.Trainer`` of ``conf/trainer/cpu.yaml`` with the
+- ``jasper``: ``jasper.training.stages.text.Stage2`` fitted by the ``lightning.Trainer`` of ``conf/trainer/cpu.yaml`` with the
   run's CSV logger and ``LearningRateMonitor`` (as ``python train.py stage=2``), checkpointing off, no validation,
   fed by a ``DataLoader`` over the pre-built batches.
 - ``sentence-transformers``: ``SentenceTransformerTrainer`` + ``losses.MSELoss`` on a ``datasets.Dataset`` of the
@@ -67,8 +67,8 @@ from torch import Tensor, nn  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-import jasper.config  # noqa: E402  (registers the config resolvers)
-from jasper.student import FC1, Student  # noqa: E402
+import jasper.training.resolvers  # noqa: E402  (registers the config resolvers)
+from jasper.models.student import FC1, Student  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOSSES = {"jasper": "jasper", "mse_only": "mse_only", "vector MSE": None}  # row label -> conf/loss/ choice
@@ -214,7 +214,7 @@ class Bench:
         self.out = tempfile.mkdtemp(prefix="train_step_bench_")
         torch.manual_seed(0)
         self.student = Student(
-            jasper.config.packaged_minilm(),
+            jasper.training.resolvers.packaged_minilm(),
             fc1_dim=768,
             mrl_dims=[256, 128, 64],
             num_layers=3,

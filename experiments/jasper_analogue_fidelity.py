@@ -1,7 +1,7 @@
 """Per-teacher view of experiment=jasper_analogue: what the student's FC1 learned from each of its two teachers.
 
 FC1 is 1152-d: its first 768 outputs are trained towards all-mpnet-base-v2, the last 384 towards the student's own
-init (all-MiniLM-L6-v2), each teacher L2-normalised and the concatenation renormalised (jasper.teachers). This
+init (all-MiniLM-L6-v2), each teacher L2-normalised and the concatenation renormalised (jasper.models.teachers). This
 script scores, on the STS-B dev and SICK-R sentences, every stage's FC1, its two slices on their own, the two
 teachers and their concatenation (the distillation target), and the fidelity of each slice to its teacher (mean
 cosine over the sentences). It explains the verdict in experiments/jasper_analogue.md.
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jasper.checkpoints import load_student, read_student_state, stage_students
-from jasper.config import packaged_minilm, packaged_mpnet
+from jasper.storage.checkpoints import load_student, read_student_state, stage_students
+from jasper.training.resolvers import packaged_minilm, packaged_mpnet
 from jasper.evaluation.loaders import load_sts_tsv
-from jasper.metrics import spearman
+from jasper.core.metrics import spearman
 
 SETS = {"STS-B dev": "stsb-dev.tsv", "SICK-R": "sickr.tsv"}
 
@@ -41,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", default="outputs/jasper_analogue")
     parser.add_argument("--dev-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/dev"))
-    parser.add_argument("--max-pairs", type=int, default=None, help="the first N pairs of each set (default: all)")
+    parser.add_argument(
+        "--max-pairs", type=int, default=None, help="the first N pairs of each set (default: all)"
+    )
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer  # heavy; only this script needs it
 

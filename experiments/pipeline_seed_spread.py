@@ -6,7 +6,7 @@ margins of tests/test_pipeline.py::test_each_stage_brings_the_student_closer_tha
 
 Each seed runs the test's own small pipeline (`tests.test_pipeline.stages_run`: stages 1-3, 30 steps each, batch
 16, stage 3's heads starting random, on the standard library's email and logging docstrings) through `train.py -m stage=1,2,3` and scores it with
-`jasper.run_report.report` on its held-out texts (the seed also draws the held-out split). The table gives, per
+`jasper.evaluation.fidelity.report` on its held-out texts (the seed also draws the held-out split). The table gives, per
 comparison the test makes, each seed's gain, the mean, the standard deviation and the smallest gain; a margin is
 sound when it sits below the smallest gain and the mean stands several standard deviations above it.
 """
@@ -26,11 +26,11 @@ sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import jasper.config  # noqa: E402,F401  (resolvers)
+import jasper.training.resolvers  # noqa: E402,F401  (resolvers)
 from jasper.data.datamodule import clean_rows  # noqa: E402
 from jasper.data.sources import PythonDocstrings  # noqa: E402
-from jasper.evaluation.report import load_json  # noqa: E402
-from jasper.run_report import report  # noqa: E402
+from jasper.core.tables import load_json  # noqa: E402
+from jasper.evaluation.fidelity import report  # noqa: E402
 from tests.test_pipeline import STAGE_GAINS, stages_run, train  # noqa: E402
 
 

@@ -264,7 +264,7 @@ def evaluate(paths: dict[str, Path]) -> dict[str, dict]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import jasper.config  # noqa: F401  (resolvers)
+    import jasper.training.resolvers  # noqa: F401  (resolvers)
     from jasper.evaluation.runner import evaluate as run_evaluation
 
     with initialize_config_dir(str(REPO / "conf" / "evaluate"), version_base="1.3"):

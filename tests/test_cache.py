@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from jasper.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
-from jasper.cache.format import LOCK
-from jasper.model_files import exclusive
-from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.storage.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
+from jasper.storage.cache.format import LOCK
+from jasper.models.model_files import exclusive
+from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
 
 SHARD_ROWS = 16
 
@@ -89,8 +89,8 @@ KILLER = textwrap.dedent(
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    import jasper.cache as cache
-    from jasper.teachers import HuggingFaceTeacher
+    import jasper.storage.cache as cache
+    from jasper.models.teachers import HuggingFaceTeacher
 
     model, root, texts_file, point, count = sys.argv[1:6]
     count = int(count)
@@ -272,7 +272,7 @@ def test_verify_detects_corruption_and_non_finite_rows(tmp_path, reference, teac
 
 
 def test_a_damaged_cache_is_refused_on_load_naming_the_file(tmp_path, reference, teacher, texts):
-    from jasper.cache import CacheDamaged
+    from jasper.storage.cache import CacheDamaged
 
     root = tmp_path / "copy"
     shutil.copytree(reference.root, root)
@@ -317,9 +317,9 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
     import lightning as L
 
     from jasper.data.datamodule import TextDistillDataModule
-    from jasper.losses import DistillLoss
-    from jasper.stages import Stage1
-    from jasper.student import Student
+    from jasper.core.losses import DistillLoss
+    from jasper.training.stages.text import Stage1
+    from jasper.models.student import Student
 
     teacher = HuggingFaceTeacher(tiny_bert, max_length=32, pooling="cls")
     L.seed_everything(3)

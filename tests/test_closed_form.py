@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jasper.closed_form import ridge_fc1
-from jasper.losses import DistillLoss, cosine_loss
+from jasper.core.closed_form import ridge_fc1
+from jasper.core.losses import DistillLoss, cosine_loss
 
 
 @pytest.mark.parametrize("n, h, d", [(40, 8, 6), (300, 32, 48), (1000, 64, 16)])
@@ -55,9 +55,9 @@ def test_stage1_solves_fc1_at_fit_start(tiny_bert):
     """Through Lightning: with steps=0 the FC1 that stage 1 leaves is exactly the ridge solution."""
     import lightning as L
 
-    from jasper.cache import PooledFeatures
-    from jasper.stages import Stage1
-    from jasper.student import Student
+    from jasper.storage.cache import PooledFeatures
+    from jasper.training.stages.text import Stage1
+    from jasper.models.student import Student
 
     class Data(L.LightningDataModule):
         def __init__(self, student):

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import jasper.config  # noqa: F401  (resolvers)
-from jasper.packaged import MPNET, packaged_model
-from jasper.train import check_stage
+import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.models.packaged import MPNET, packaged_model
+from jasper.training.run import check_stage
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug", "hparams_search"]
@@ -138,7 +138,7 @@ def test_deepspeed_strategy_instantiates():
 def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
     import torch
 
-    from jasper.train import build, check_accelerator
+    from jasper.training.run import build, check_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_train([f"trainer={trainer}"])
@@ -174,7 +174,7 @@ def test_wandb_logger_is_offline_without_a_key_and_online_with_one(tmp_path, mon
 def test_a_batch_that_does_not_fit_says_what_to_change(checkpointing, monkeypatch):
     import torch
 
-    import jasper.train
+    import jasper.training.run
 
     cfg = compose_train(
         ["stage=2", "stages.stage2.batch_size=512", f"model.gradient_checkpointing={checkpointing}"]
@@ -186,9 +186,9 @@ def test_a_batch_that_does_not_fit_says_what_to_change(checkpointing, monkeypatc
         def fit(self, *args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(jasper.train, "build", lambda cfg: (None, None, Trainer()))
+    monkeypatch.setattr(jasper.training.run, "build", lambda cfg: (None, None, Trainer()))
     with pytest.raises(torch.OutOfMemoryError, match="stages.stage2.batch_size=512 does not fit") as error:
-        jasper.train.run(cfg)
+        jasper.training.run.run(cfg)
     assert ("model.gradient_checkpointing=true" in str(error.value)) != checkpointing
     assert "docs/gpu.md" in str(error.value)
 
@@ -283,7 +283,7 @@ def test_the_command_lines_are_found():
 )
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):
     from jasper.evaluation.runner import default_out_dir, run_models, with_set_specs
-    from jasper.train import build
+    from jasper.training.run import build
 
     monkeypatch.chdir(tmp_path)  # relative paths (outputs/...) land here
     needs_mpnet = any(a.startswith(MPNET_CONFIGS) for a in args) and not mpnet_installed()

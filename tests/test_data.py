@@ -8,7 +8,7 @@ from jasper.data.augment import augment, chunk_sentences, split_sentences
 from jasper.data.datamodule import TextDistillDataModule, clean_rows, split_held_out
 from jasper.data.files import LocalFiles, RejectedRow
 from jasper.data.sources import TextFiles
-from jasper.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
 
 TEXT = "One sentence here. Two is next! Is three a question? Four ends it. Five. Six. Seven. Eight. Nine. Ten. Eleven."
 
@@ -98,7 +98,7 @@ def test_every_row_carries_its_own_teacher_vector(tiny_bert, docstrings, tmp_pat
     assert len(val) == 10 and len(train) >= 50
     picked = random.Random(0).sample(range(len(train)), 12)
     direct = teacher.encode([train.texts[i] for i in picked])
-    # Cached as float16 on disk (jasper/cache.py): equal to the direct encode within fp16 rounding.
+    # Cached as float16 on disk (jasper/storage/cache.py): equal to the direct encode within fp16 rounding.
     assert torch.allclose(torch.stack([train[i][1] for i in picked]), direct, atol=2e-3)
     assert torch.allclose(val.teacher_vectors, teacher.encode(val.texts), atol=2e-3)
     assert set(val.texts).isdisjoint(train.texts)

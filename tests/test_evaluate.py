@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jasper.checkpoints import save_student
+from jasper.storage.checkpoints import save_student
 from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair
 from jasper.evaluation.runner import (
     StudentHeads,
@@ -21,8 +21,8 @@ from jasper.evaluation.runner import (
     subset_beir,
     subset_pairs,
 )
-from jasper.export import export_student
-from jasper.student import Student
+from jasper.exporting import export_student
+from jasper.models.student import Student
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def test_prefix_export_serves_truncated_heads(tiny_bert, data_dir, tmp_path):
 def test_fidelity_and_local_mteb_task(student, tiny_bert, data_dir, tmp_path):
     """Fidelity of every row is measured against the teacher's FC1 on the held-out texts: 1 for the teacher itself,
     and for another student exactly what `teacher_fidelity` gives on the two models' own vectors."""
-    from jasper.metrics import teacher_fidelity
+    from jasper.core.metrics import teacher_fidelity
 
     held_out = [s for a, b, _ in STS for s in (a, b)]
     texts = tmp_path / "held_out.txt"
@@ -297,7 +297,7 @@ def test_evaluate_py_as_documented(student, data_dir, tmp_path):
 def test_eval_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    import jasper.config  # noqa: F401
+    import jasper.training.resolvers  # noqa: F401
     from jasper.evaluation.runner import default_out_dir, set_specs
 
     with initialize_config_dir(str(REPO / "conf" / "evaluate"), version_base="1.3"):

@@ -21,7 +21,7 @@ from jasper.evaluation import (
     search,
     teacher_fidelity,
 )
-from jasper.evaluation.report import ResultRow, load_json, markdown_table, plot_vs_dim, write_report
+from jasper.core.tables import ResultRow, load_json, markdown_table, plot_vs_dim, write_report
 from jasper.evaluation.robustness import MIN_VARIANTS, instruction_robustness, load_instructions
 
 DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dev"

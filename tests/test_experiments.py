@@ -66,8 +66,8 @@ def test_smoothing_is_a_trailing_mean(window):
 
 
 def _student_run(run_dir: Path, minilm: str, fc1_dim: int) -> None:
-    from jasper.checkpoints import save_student
-    from jasper.student import Student
+    from jasper.storage.checkpoints import save_student
+    from jasper.models.student import Student
 
     student = Student(minilm, fc1_dim=fc1_dim, num_layers=1, max_length=32)
     save_student(student, run_dir / "stage1" / "student.pt")
@@ -76,7 +76,7 @@ def _student_run(run_dir: Path, minilm: str, fc1_dim: int) -> None:
 def _fidelity(run_dir: Path) -> subprocess.CompletedProcess:
     if not DEV_DATA.is_dir():
         pytest.skip(f"the dev sets are not at {DEV_DATA}")
-    from jasper.packaged import MPNET, packaged_model
+    from jasper.models.packaged import MPNET, packaged_model
 
     try:
         packaged_model(MPNET)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from jasper.checkpoints import save_student
-from jasper.export import EXPORT_FILE, export_checkpoint, export_student, is_deepspeed_dir, load_student
-from jasper.student import FC1, Student
+from jasper.storage.checkpoints import save_student
+from jasper.exporting import EXPORT_FILE, export_checkpoint, export_student, is_deepspeed_dir, load_student
+from jasper.models.student import FC1, Student
 
 TEXTS = [
     "A cat sits on the mat.",
@@ -83,17 +83,17 @@ def test_export_from_student_pt_and_lightning_ckpt(tiny_bert, tmp_path):
     _check_heads(student, out)
     assert "stage: 3" in (out / "README.md").read_text()
 
-    config = {"model": {**student.describe(), "_target_": "jasper.student.Student"}, "stage": 3}
+    config = {"model": {**student.describe(), "_target_": "jasper.models.student.Student"}, "stage": 3}
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
     state["loss.dummy"] = torch.zeros(1)
     torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, tmp_path / "last.ckpt")
     out = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "from_ckpt")
     _check_heads(student, out)
-    assert "_target_: jasper.student.Student" in (out / "README.md").read_text()
+    assert "_target_: jasper.models.student.Student" in (out / "README.md").read_text()
 
 
 def test_model_card_lists_scores(tiny_bert, tmp_path):
-    from jasper.evaluation.report import ResultRow, save_json
+    from jasper.core.tables import ResultRow, save_json
 
     scores = save_json([ResultRow("student", FC1, 48, {"stsb-dev": 0.8123})], tmp_path / "scores.json")
     out = export_student(_student(tiny_bert, "prefix"), tmp_path / "export", scores=scores)
@@ -188,7 +188,7 @@ def test_export_from_deepspeed_zero2_directory(tiny_bert, tmp_path):
     pytest.importorskip("deepspeed")
     student = _student(tiny_bert, "separate")
     config = {
-        "model": {**student.describe(), "_target_": "jasper.student.Student"},
+        "model": {**student.describe(), "_target_": "jasper.models.student.Student"},
         "trainer": {"strategy": "deepspeed_stage_2"},
     }
     _fake_zero2_checkpoint(student, tmp_path / "last.ckpt", {"config": config})
@@ -231,8 +231,8 @@ def test_an_ordinary_student_needs_no_load_kwargs(tiny_qwen2, tmp_path):
 
 
 def test_model_card_names_models_not_paths_and_carries_the_runs_scores(tiny_bert, minilm_path, tmp_path):
-    from jasper.evaluation.report import ResultRow, save_json
-    from jasper.export import display_name
+    from jasper.core.tables import ResultRow, save_json
+    from jasper.exporting import display_name
 
     assert display_name(minilm_path) == "sentence-transformers/all-MiniLM-L6-v2"
     assert display_name("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"

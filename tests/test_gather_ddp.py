@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jasper.distributed import all_gather_with_grad
-from jasper.losses import DistillLoss
+from jasper.core.distributed import all_gather_with_grad
+from jasper.core.losses import DistillLoss
 
 B, D_IN, D = 12, 10, 8
 WORLD = 2

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import jasper.losses as losses
-from jasper.losses import (
+import jasper.core.losses as losses
+from jasper.core.losses import (
     DistillLoss,
     cosine_loss,
     relative_similarity_loss,

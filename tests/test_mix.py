@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import jasper.config  # noqa: F401  (resolvers)
+import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.data.datamodule import clean_rows
 from jasper.data.mix import JsonRows, Mix, TextsOf, quotas
 
@@ -86,7 +86,7 @@ def test_a_short_source_is_reported_not_stretched(files, caplog):
 def test_paper_mix_local_config_end_to_end(files, tiny_bert, tmp_path, caplog):
     """Mixed 80/20, rejected rows counted, augmented, encoded once; every row's vector is its text's vector."""
     web, pairs = files
-    teacher = f"{{_target_:jasper.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:tiny,max_length:32}}"
+    teacher = f"{{_target_:jasper.models.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:tiny,max_length:32}}"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "train",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import jasper.model_files as model_files
-from jasper.model_files import (
+import jasper.models.model_files as model_files
+from jasper.models.model_files import (
     digested_files,
     file_sha256,
     folder_digest,

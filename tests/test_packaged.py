@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import jasper.packaged as packaged
-from jasper.packaged import MPNET, CorruptArchive, SplitArchive, packaged_model
+import jasper.models.packaged as packaged
+from jasper.models.packaged import MPNET, CorruptArchive, SplitArchive, packaged_model
 
 NAMES = tuple(f"fake-model-part-{i:03d}" for i in range(1, 4))
 FILES = {
@@ -153,8 +153,8 @@ def test_a_full_disk_leaves_nothing_half_written(site, tmp_path, monkeypatch):
 KILLED = textwrap.dedent(
     """
     import os, signal, sys
-    import jasper.packaged as packaged
-    from jasper.packaged import SplitArchive, packaged_model
+    import jasper.models.packaged as packaged
+    from jasper.models.packaged import SplitArchive, packaged_model
 
     copy = packaged.shutil.copyfileobj
     calls = []
@@ -201,8 +201,8 @@ def test_the_real_mpnet_loads_offline_and_encodes():
         pytest.skip("the mpnet extra is not installed (make install-mpnet)")
     from sentence_transformers import SentenceTransformer
 
-    from jasper.config import packaged_mpnet
-    from jasper.teachers import SentenceTransformerTeacher
+    from jasper.training.resolvers import packaged_mpnet
+    from jasper.models.teachers import SentenceTransformerTeacher
 
     teacher = SentenceTransformerTeacher(packaged_mpnet(), name="all-mpnet-base-v2")
     assert (teacher.dim, teacher.max_length, teacher.num_layers) == (768, 384, 12) and not teacher.loaded

@@ -1,4 +1,4 @@
-"""jasper/panels.py: the per-head wandb panels, checked in an offline run's own files."""
+"""jasper/training/callbacks.py: the per-head wandb panels, checked in an offline run's own files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from jasper.panels import HeadPanels, head_rows
+from jasper.training.callbacks import HeadPanels, head_rows
 
 
 class Heads:

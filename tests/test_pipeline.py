@@ -12,12 +12,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import jasper.config  # noqa: F401  (resolvers)
-from jasper.checkpoints import load_student
-from jasper.evaluation.report import load_json
-from jasper.metrics import teacher_fidelity
-from jasper.run_report import report
-from jasper.train import stage_loss
+import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.storage.checkpoints import load_student
+from jasper.core.tables import load_json
+from jasper.core.metrics import teacher_fidelity
+from jasper.evaluation.fidelity import report
+from jasper.training.run import stage_loss
 from tests.record_batches import read as read_batches
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import jasper.config  # noqa: F401  (resolvers)
-from jasper.cache import TeacherCache, precompute
+import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.storage.cache import TeacherCache, precompute
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REPO = CONF.parent
@@ -38,7 +38,7 @@ def rows_file(tmp_path, docstrings):
 
 
 def overrides(tiny_bert, rows_file, cache_dir):
-    teacher = f"{{_target_:jasper.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:tiny,max_length:32}}"
+    teacher = f"{{_target_:jasper.models.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:tiny,max_length:32}}"
     return [
         "data=local_files",
         f"data.source.paths=[{rows_file}]",
@@ -113,7 +113,7 @@ def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
     roots = list((tmp_path / "cache").glob("corpus-*"))
     assert len(roots) == 1 and TeacherCache(roots[0]).verify() == []
     check = subprocess.run(
-        [sys.executable, "-m", "jasper.cache", "verify", str(tmp_path / "cache")],
+        [sys.executable, "-m", "jasper.storage.cache", "verify", str(tmp_path / "cache")],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -9,16 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import jasper.losses as losses
-import jasper.resim as resim
-from jasper.losses import relative_similarity_loss, relative_similarity_loss_reference, teacher_pair_order
+import jasper.core.losses as losses
+import jasper.core.resim as resim
+from jasper.core.losses import (
+    relative_similarity_loss,
+    relative_similarity_loss_reference,
+    teacher_pair_order,
+)
 
 
 def active_partner_counts(u: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For ``u`` in teacher order, each element's active hinge counts ``(low, high)`` in ``u``'s order, int64.
 
     ``low[k] = #{j > k: relu(u_k - u_j + margin) > 0}``, ``high[k] = #{i < k: relu(u_i - u_k + margin) > 0}``.
-    A view of :func:`jasper.resim._ranked_active_counts` (which the loss uses directly, in rank order).
+    A view of :func:`jasper.core.resim._ranked_active_counts` (which the loss uses directly, in rank order).
     """
     _, low, high, by_rank = resim._ranked_active_counts(u, margin)
     low_out, high_out = (torch.empty(len(u), dtype=torch.long, device=u.device) for _ in range(2))

@@ -7,10 +7,10 @@ from functools import partial
 
 import torch
 
-from jasper.checkpoints import SaveStudent, load_student_weights
-from jasper.losses import DistillLoss
-from jasper.stages import Stage2, Stage3
-from jasper.student import Student
+from jasper.storage.checkpoints import SaveStudent, load_student_weights
+from jasper.core.losses import DistillLoss
+from jasper.training.stages.text import Stage2, Stage3
+from jasper.models.student import Student
 
 ADAMW = partial(torch.optim.AdamW, lr=1e-3)
 
@@ -57,7 +57,7 @@ def test_heads_that_only_rode_along_start_from_fc1(tiny_bert, tmp_path):
 
 
 def test_a_head_wider_than_fc1_is_named_and_gets_fc1s_rows(tiny_bert, caplog):
-    with caplog.at_level(logging.WARNING, logger="jasper.student"):
+    with caplog.at_level(logging.WARNING, logger="jasper.models.student"):
         student = Student(tiny_bert, fc1_dim=16, mrl_dims=[8, 24])
     assert "[24] wider than FC1 (16" in caplog.text
     stage3(student)

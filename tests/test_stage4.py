@@ -18,10 +18,10 @@ from jasper.data.images import (
     split_pairs,
     validate_pairs,
 )
-from jasper.losses import DistillLoss
-from jasper.stage4 import Stage4
-from jasper.student import Student
-from jasper.vision import VisionTower
+from jasper.core.losses import DistillLoss
+from jasper.training.stages.stage4 import Stage4
+from jasper.models.student import Student
+from jasper.models.vision import VisionTower
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
@@ -137,9 +137,11 @@ def test_only_the_vision_tower_trains_by_default(tiny_bert, tmp_path, train_text
 def test_loss_weights_override_only_stage_4s_loss():
     from omegaconf import OmegaConf
 
-    from jasper.train import stage_loss
+    from jasper.training.run import stage_loss
 
-    shared = OmegaConf.create({"_target_": "jasper.losses.DistillLoss", "similarity": 100.0, "margin": 0.02})
+    shared = OmegaConf.create(
+        {"_target_": "jasper.core.losses.DistillLoss", "similarity": 100.0, "margin": 0.02}
+    )
     loss = stage_loss(shared, OmegaConf.create({"cosine": 200.0}), 4)
     assert loss.weights == {"cos": 200.0, "sim": 100.0, "resim": 20.0} and loss.margin == 0.02
     assert stage_loss(shared, None, 3).weights["cos"] == 10.0  # loss= itself is untouched
@@ -218,14 +220,14 @@ def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
 def test_stage4_composes_with_the_default_and_the_paper():
     from hydra import compose, initialize_config_dir
 
-    import jasper.config  # noqa: F401
-    from jasper.config import packaged_minilm  # noqa: F401
+    import jasper.training.resolvers  # noqa: F401
+    from jasper.training.resolvers import packaged_minilm  # noqa: F401
     from tests.conftest import REPO
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["stage=4"], return_hydra_config=True)
         settings = cfg.stages.stage4
-        assert settings.module._target_ == "jasper.stage4.Stage4"
+        assert settings.module._target_ == "jasper.training.stages.stage4.Stage4"
         assert settings.data._target_ == "jasper.data.images.ImageCaptionDataModule"
         assert settings.data.source._target_ == "jasper.data.shapes.SyntheticShapes"
         folder = compose("train", overrides=["stage=4", "images=folder", "images.source.root=/pairs"])
@@ -243,9 +245,9 @@ def test_stage4_composes_with_the_default_and_the_paper():
 
 
 def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
-    from jasper.checkpoints import save_student
-    from jasper.export import export_checkpoint, load_multimodal
-    from jasper.vision import MultimodalStudent, save_vision
+    from jasper.storage.checkpoints import save_student
+    from jasper.exporting import export_checkpoint, load_multimodal
+    from jasper.models.vision import MultimodalStudent, save_vision
 
     torch.manual_seed(0)
     module = stage4(tiny_bert)
@@ -291,8 +293,8 @@ def test_one_multirun_chains_text_stages_and_stage4_on_images(tmp_path, corpus_f
 def test_stage4_without_image_pairs_names_the_fix():
     from hydra import compose, initialize_config_dir
 
-    import jasper.config  # noqa: F401
-    from jasper.train import stage_data
+    import jasper.training.resolvers  # noqa: F401
+    from jasper.training.run import stage_data
     from tests.conftest import REPO
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from jasper.encoders import is_checkpointing, mean_pool
-from jasper.student import FC1, Student
+from jasper.models.encoders import is_checkpointing, mean_pool
+from jasper.models.student import FC1, Student
 
 
 def test_mean_pool_ignores_padding():

@@ -1,4 +1,4 @@
-"""jasper/sweeps.py: readable multirun folders, which stage a swept job starts from, the sweep summary."""
+"""jasper/training/sweeps.py: readable multirun folders, which stage a swept job starts from, the sweep summary."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import os
 import time
 
-from jasper.checkpoints import resolve_init_from
-from jasper.sweeps import first_stage_changed, readable_subdir, summarise, write_job_metrics
+from jasper.storage.checkpoints import resolve_init_from
+from jasper.training.sweeps import first_stage_changed, readable_subdir, summarise, write_job_metrics
 
 
 def test_job_folders_are_readable():
@@ -40,7 +40,7 @@ def test_a_swept_job_starts_from_the_runs_previous_stage_when_it_may(tmp_path, c
     (run / "stage2").mkdir(parents=True)
     (run / "stage2" / "student.pt").touch()
     job = run / "mrl_dims=256" / "stage3"
-    with caplog.at_level(logging.INFO, logger="jasper.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="jasper.storage.checkpoints"):
         assert resolve_init_from("auto", 3, job, run, first_changed=3) == run / "stage2" / "student.pt"
     assert "the run's stage 2" in caplog.text
     caplog.clear()
@@ -87,7 +87,7 @@ def test_optuna_sweeper_maximises_what_the_jobs_return(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from jasper.sweeps import OptunaSweeper
+    from jasper.training.sweeps import OptunaSweeper
 
     class Launcher:  # runs a "job" in place: its value peaks at similarity=200
         def __init__(self) -> None:
@@ -115,7 +115,7 @@ def test_hparams_search_optuna_composes():
 
     from hydra import compose, initialize_config_dir
 
-    import jasper.config  # noqa: F401
+    import jasper.training.resolvers  # noqa: F401
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -5,11 +5,16 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import jasper.config  # noqa: F401  (resolvers)
-from jasper.cache import fingerprint, precompute
-from jasper.student import Student
-from jasper.teachers import HuggingFaceTeacher, SentenceTransformerTeacher, TeacherEnsemble, check_finite
-from jasper.train import build
+import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.storage.cache import fingerprint, precompute
+from jasper.models.student import Student
+from jasper.models.teachers import (
+    HuggingFaceTeacher,
+    SentenceTransformerTeacher,
+    TeacherEnsemble,
+    check_finite,
+)
+from jasper.training.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -104,8 +109,8 @@ def test_a_wrong_configured_dim_is_caught_when_the_model_loads(tiny_bert):
 
 def test_a_complete_cache_trains_without_loading_any_teacher(tiny_bert, corpus_file, tmp_path, monkeypatch):
     teachers = [
-        f"{{_target_:jasper.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:hf,max_length:32}}",
-        f"{{_target_:jasper.teachers.SentenceTransformerTeacher,model_name_or_path:'{tiny_bert}',name:st}}",
+        f"{{_target_:jasper.models.teachers.HuggingFaceTeacher,model_name_or_path:'{tiny_bert}',name:hf,max_length:32}}",
+        f"{{_target_:jasper.models.teachers.SentenceTransformerTeacher,model_name_or_path:'{tiny_bert}',name:st}}",
     ]
     args = [
         "data=local_files",

@@ -1,4 +1,4 @@
-"""jasper/train.py: what is refused before any model loads, and how (one line, no stage folder left behind);
+"""jasper/training/run.py: what is refused before any model loads, and how (one line, no stage folder left behind);
 which checkpoint a resume starts from; the stage's progress bar."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import jasper.config  # noqa: F401  (resolvers)
-from jasper.checkpoints import newest_checkpoint
-from jasper.train import (
+import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.storage.checkpoints import newest_checkpoint
+from jasper.training.run import (
     RunRefused,
     StageProgressBar,
     check_overrides,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jasper.student import FC1, Student
-from jasper.vision import (
+from jasper.models.student import FC1, Student
+from jasper.models.vision import (
     MultimodalStudent,
     VisionTower,
     encode_images,

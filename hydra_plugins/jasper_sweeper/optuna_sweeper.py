@@ -1,8 +1,8 @@
 """``hparams_search=optuna``'s sweeper, registered where Hydra looks for plugins; the logic is
-`jasper.sweeps.OptunaSweeper`."""
+`jasper.training.sweeps.OptunaSweeper`."""
 
-from jasper.sweeps import OptunaSweeper
+from jasper.training.sweeps import OptunaSweeper
 
 
 class JasperOptunaSweeper(OptunaSweeper):
-    """`jasper.sweeps.OptunaSweeper` as a Hydra sweeper plugin (conf/hydra/sweeper/optuna.yaml)."""
+    """`jasper.training.sweeps.OptunaSweeper` as a Hydra sweeper plugin (conf/hydra/sweeper/optuna.yaml)."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from jasper.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
+from jasper.storage.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
 from jasper.data.batching import (
     EpochRandomSampler,
@@ -23,8 +23,8 @@ from jasper.data.batching import (
     ResumableDataLoader,
 )
 from jasper.data.files import RejectedRow
-from jasper.encoders import check_finite, encode_all
-from jasper.teachers import TeacherEnsemble
+from jasper.models.encoders import check_finite, encode_all
+from jasper.models.teachers import TeacherEnsemble
 
 log = logging.getLogger(__name__)
 PLACES_SHOWN = 5  # file:line places logged per rejection reason

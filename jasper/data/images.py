@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jasper.data.image_sources import HubImageCaptions, ImageFolderPairs, Pair  # noqa: F401  (the sources, as before)
 from jasper.data.shapes import SyntheticShapes  # noqa: F401  (as before)
-from jasper.encoders import load_rgb
+from jasper.models.encoders import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class PairDataset(Dataset):
         if self.transform is None:
             raise RuntimeError(
                 "no image transform: give the DataModule the vision tower's preprocessing "
-                "(transform=tower.transform; jasper.train.build does) before the loaders are built"
+                "(transform=tower.transform; jasper.training.run.build does) before the loaders are built"
             )
         path, caption = self.pairs[index]
         return self.transform(load_rgb(path)), caption
@@ -124,7 +124,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
     """Validated pairs, ``val_pairs`` of them held out (distinct captions), batches of
     ``{"pixels", "input_ids", "attention_mask", "captions"}``.
 
-    ``transform``: the vision tower's preprocessing (``jasper.train.build`` passes it). ``tokenize``: the student's
+    ``transform``: the vision tower's preprocessing (``jasper.training.run.build`` passes it). ``tokenize``: the student's
     tokenizer for captions. ``teachers`` is accepted and ignored: in stage 4 the teacher is the student's own text
     path. ``max_pairs``: cap on the pairs read.
     """

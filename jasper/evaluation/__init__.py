@@ -10,7 +10,7 @@ from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair, lo
 from jasper.evaluation.metrics import ndcg_at_k, recall_at_k
 from jasper.evaluation.retrieval import encode_corpus, evaluate_retrieval, search
 from jasper.evaluation.sts import evaluate_sts
-from jasper.metrics import spearman, teacher_fidelity
+from jasper.core.metrics import spearman, teacher_fidelity
 
 __all__ = [
     "BeirData",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from jasper.encoders import encode_sorted
+from jasper.models.encoders import encode_sorted
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,7 +55,7 @@ def encode_texts(
 ) -> torch.Tensor:
     """Call `encode` on `texts` (with `prompt` prepended) in batches; check and return (N, d) unit float32 rows.
 
-    Texts are batched longest first (:func:`jasper.encoders.encode_sorted`: less padding for transformer encoders);
+    Texts are batched longest first (:func:`jasper.models.encoders.encode_sorted`: less padding for transformer encoders);
     rows come back in input order.
 
     Fails loudly when the encoder returns the wrong number of rows, not a 2-D tensor, or non-finite values.

@@ -1,4 +1,4 @@
-"""Evaluation metrics: nDCG@k and recall@k (Spearman, which training also needs, lives in :mod:`jasper.metrics`).
+"""Evaluation metrics: nDCG@k and recall@k (Spearman, which training also needs, lives in :mod:`jasper.core.metrics`).
 
 Plain, obviously-correct reference implementations (numpy / pure Python). The retrieval metrics follow the
 trec_eval / BEIR (pytrec_eval) definitions so that numbers are comparable with published BEIR and MTEB tables.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from jasper.metrics import rankdata, spearman  # noqa: F401  (part of the evaluation suite's API)
+from jasper.core.metrics import rankdata, spearman  # noqa: F401  (part of the evaluation suite's API)
 
 Run = Mapping[str, Sequence[str]]
 """A retrieval run: query id -> document ids, best first."""

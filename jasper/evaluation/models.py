@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from jasper.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student
-from jasper.encoders import weights_digest
+from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student
+from jasper.models.encoders import weights_digest
 from jasper.evaluation.encoder import Encoder
 
 

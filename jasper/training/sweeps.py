@@ -201,7 +201,7 @@ class SweepSummary(Callback):
 
 class OptunaSweeper(Sweeper):
     """``hparams_search=optuna``: an Optuna study (TPE, seeded) over ``params``, ``n_trials`` jobs launched one
-    after another through Hydra's launcher, each told the value its job returned (`jasper.train.run`:
+    after another through Hydra's launcher, each told the value its job returned (`jasper.training.run.run`:
     ``optimized_metric``; a job that returns None counts as the worst). Writes ``optuna_best.yaml`` to the sweep
     folder; `SweepSummary` ranks every trial. Built on Optuna itself: the hydra-optuna-sweeper plugin pins
     optuna<3.

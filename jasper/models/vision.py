@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from jasper.encoders import load_rgb
-from jasper.student import FC1, Student
+from jasper.models.encoders import load_rgb
+from jasper.models.student import FC1, Student
 
 log = logging.getLogger(__name__)
 VISION_FILE = "vision.pt"

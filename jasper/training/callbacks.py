@@ -2,7 +2,7 @@
 per-head validation fidelity as a ``wandb.Table`` and the Spearman-vs-head-dimension curve as a wandb line plot.
 
 Runs are grouped by ``run_name`` and named by stage (conf/logger/wandb.yaml); per-head loss terms, per-head
-validation fidelity and learning rates are logged during training (jasper/stages.py, LearningRateMonitor). Works
+validation fidelity and learning rates are logged during training (jasper/training/stages/text.py, LearningRateMonitor). Works
 offline the same way (the panels land in the offline run's files, ``wandb sync`` uploads them).
 """
 

@@ -1,6 +1,6 @@
 """Stage 4: the vision tower learns to put an image where the student puts its caption.
 
-Image tokens (:class:`jasper.vision.VisionTower`: timm encoder, k x k pooling, MLP projector) enter the student's
+Image tokens (:class:`jasper.models.vision.VisionTower`: timm encoder, k x k pooling, MLP projector) enter the student's
 language model as input embeddings, then go through its mean pooling, FC1 and heads. The teacher of each head is the
 caption's vector from the *same* head of the frozen text path (no autograd), so dimensions match and the cosine term
 applies on every head (stage 3 could not use it only because a reduced head was compared with the full teacher).
@@ -22,11 +22,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from jasper.losses import DistillLoss
-from jasper.metrics import pair_recall
-from jasper.stages import DistillModule
-from jasper.student import Student
-from jasper.vision import VisionTower, image_vectors, save_vision
+from jasper.core.losses import DistillLoss
+from jasper.core.metrics import pair_recall
+from jasper.training.stages.text import DistillModule
+from jasper.models.student import Student
+from jasper.models.vision import VisionTower, image_vectors, save_vision
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Stage4(DistillModule):
 
     @torch.no_grad()
     def held_out_recall(self, loader: DataLoader) -> dict[str, dict[str, float]]:
-        """Image<->caption recall of every head on ``loader``'s pairs (:func:`jasper.metrics.pair_recall`), with
+        """Image<->caption recall of every head on ``loader``'s pairs (:func:`jasper.core.metrics.pair_recall`), with
         ``chance R@1``; the module is put back in the mode it was in."""
         was_training = self.training
         self.eval()
@@ -134,7 +134,7 @@ def recall_by_head(outputs: list[tuple[dict[str, Tensor], dict[str, Tensor]]]) -
 
 
 class SaveVision(L.Callback):
-    """At the end of fit, write the vision tower (``vision.pt`` beside ``student.pt``; :func:`jasper.vision.load_vision`)."""
+    """At the end of fit, write the vision tower (``vision.pt`` beside ``student.pt``; :func:`jasper.models.vision.load_vision`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path

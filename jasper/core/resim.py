@@ -1,5 +1,5 @@
 """The relative similarity loss (Jasper's L_resim): its plain O(B^4) definition and the exact O(M log M) kernel
-that training runs, M = B(B-1)/2 in-batch text pairs. :mod:`jasper.losses` weighs it with the other two losses.
+that training runs, M = B(B-1)/2 in-batch text pairs. :mod:`jasper.core.losses` weighs it with the other two losses.
 
 The kernel is tested against the definition for value and gradient on random inputs (tests/test_resim_fast.py).
 """

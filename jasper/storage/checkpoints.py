@@ -14,11 +14,11 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from jasper.student import STUDENT_KEYS, Student
+from jasper.models.student import STUDENT_KEYS, Student
 
 log = logging.getLogger(__name__)
 STUDENT_FILE = "student.pt"
-# Beside an exported sentence-transformers folder: its heads (jasper.export).
+# Beside an exported sentence-transformers folder: its heads (jasper.exporting).
 EXPORT_FILE = "jasper_export.json"
 HEADS_TRAINED_FROM_STAGE = (
     3  # a checkpoint that records no trained heads: from this stage on, its heads trained

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.model_files import fsync_dir
+from jasper.models.model_files import fsync_dir
 
 FORMAT = 1
 CORPUS_FILE = "corpus.json"
@@ -72,7 +72,7 @@ def fingerprint(encoder: object) -> dict:
     """Everything that changes an encoder's vectors, as stored in (and compared with) the manifest.
 
     Read from the encoder's description only, never from a loaded model: a lazy teacher stays unloaded
-    (``jasper.teachers.LazyTeacher``). ``weights`` is a digest of the model's files, ``max_length`` the length
+    (``jasper.models.teachers.LazyTeacher``). ``weights`` is a digest of the model's files, ``max_length`` the length
     its tokenizer truncates to, ``num_layers`` the layers it runs, ``compute_dtype`` the dtype it encodes in
     (``dtype`` is the dtype the vectors are stored in).
     """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.cache.format import MANIFEST, _hash_bytes
+from jasper.storage.cache.format import MANIFEST, _hash_bytes
 
 
 class CacheDamaged(ValueError):

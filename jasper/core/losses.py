@@ -1,5 +1,5 @@
 """The three Jasper distillation losses and their weighted sum (the relative similarity loss, with its fast
-kernel, lives in :mod:`jasper.resim`).
+kernel, lives in :mod:`jasper.core.resim`).
 
 Every function takes L2-normalised student vectors ``(B, d_s)`` and teacher vectors ``(B, d_t)`` and returns a
 scalar. Formulas follow "Jasper and Stella: distillation of SOTA embedding models" (arXiv 2412.19048), section 3.
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jasper.distributed import all_gather_no_grad, all_gather_with_grad
-from jasper.resim import (  # noqa: F401  (the relative similarity loss: part of this module's API)
+from jasper.core.distributed import all_gather_no_grad, all_gather_with_grad
+from jasper.core.resim import (  # noqa: F401  (the relative similarity loss: part of this module's API)
     _check_batch,
     pair_similarities,
     relative_similarity_loss,
@@ -65,9 +65,9 @@ class DistillLoss(nn.Module):
 
     ``gather_across_ranks=True`` (config ``loss.gather_across_ranks``): under data parallelism (``torch.distributed``
     initialised, world size > 1) the similarity and relative-similarity terms see the global batch, all-gathered
-    from every rank with gradients flowing back to each rank's own rows (:mod:`jasper.distributed`); the cosine term
+    from every rank with gradients flowing back to each rank's own rows (:mod:`jasper.core.distributed`); the cosine term
     stays local. Each rank's ``sim``/``resim`` is then the global-batch loss, and after DDP averages gradients the
-    update equals one process on the global batch (see :mod:`jasper.distributed` for the convention).
+    update equals one process on the global batch (see :mod:`jasper.core.distributed` for the convention).
     """
 
     def __init__(

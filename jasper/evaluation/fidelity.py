@@ -14,11 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from jasper.checkpoints import STUDENT_FILE, load_student_weights, stage_students
-from jasper.evaluation.report import ResultRow, markdown_table, write_report
-from jasper.metrics import teacher_fidelity
-from jasper.student import FC1, Student
-from jasper.train import stage_settings
+from jasper.storage.checkpoints import STUDENT_FILE, load_student_weights, stage_students
+from jasper.core.tables import ResultRow, markdown_table, write_report
+from jasper.core.metrics import teacher_fidelity
+from jasper.models.student import FC1, Student
+from jasper.training.run import stage_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def report(cfg: DictConfig) -> str:
         )
     L.seed_everything(
         cfg.seed
-    )  # as in jasper.train.build: the same random FC1 and heads as stage 1 started from
+    )  # as in jasper.training.run.build: the same random FC1 and heads as stage 1 started from
     teachers = instantiate(cfg.teachers)
     student = instantiate(cfg.model, fc1_dim=teachers.dim)
     batch = stage_settings(cfg).batch_size

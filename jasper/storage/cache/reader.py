@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jasper.cache.format import IDS_FILE, SHARD, CacheMismatch
+from jasper.storage.cache.format import IDS_FILE, SHARD, CacheMismatch
 
 
 def _unit(array: np.ndarray) -> np.ndarray:

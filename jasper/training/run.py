@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
-from jasper.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
-from jasper.losses import DistillLoss
-from jasper.student import Student
-from jasper.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
-from jasper.vision import VisionTower, load_vision_weights
+from jasper.storage.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
+from jasper.core.losses import DistillLoss
+from jasper.models.student import Student
+from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
+from jasper.models.vision import VisionTower, load_vision_weights
 
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
 
@@ -229,7 +229,7 @@ def oom_message(cfg: DictConfig) -> str:
 
 
 def job_first_stage_changed() -> int:
-    """Under a Hydra multirun, the first stage this job's overrides change (`jasper.sweeps.first_stage_changed`);
+    """Under a Hydra multirun, the first stage this job's overrides change (`jasper.training.sweeps.first_stage_changed`);
     1 otherwise (a single run's stage folder already sits beside the previous stage's)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return 1

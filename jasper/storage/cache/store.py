@@ -12,7 +12,7 @@ import numpy as np
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from jasper.cache.format import (
+from jasper.storage.cache.format import (
     CORPUS_FILE,
     FORMAT,
     IDS_FILE,
@@ -31,10 +31,10 @@ from jasper.cache.format import (
     slug,
     text_ids,
 )
-from jasper.cache.reader import CacheReader
-from jasper.cache.verify import _verify_teacher, check_shard_files
-from jasper.encoders import check_finite, encode_all
-from jasper.model_files import exclusive
+from jasper.storage.cache.reader import CacheReader
+from jasper.storage.cache.verify import _verify_teacher, check_shard_files
+from jasper.models.encoders import check_finite, encode_all
+from jasper.models.model_files import exclusive
 
 log = logging.getLogger(__name__)
 

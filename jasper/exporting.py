@@ -30,16 +30,16 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from jasper.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_student: export's API since it began)
+from jasper.storage.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_student: export's API since it began)
     EXPORT_FILE,
     STUDENT_FILE,
     is_deepspeed_dir,
     load_student,
 )
-from jasper.config import packaged_minilm
-from jasper.evaluation.report import load_json, markdown_table
-from jasper.student import FC1, Student
-from jasper.vision import VISION_FILE, MultimodalStudent, load_vision
+from jasper.training.resolvers import packaged_minilm
+from jasper.core.tables import load_json, markdown_table
+from jasper.models.student import FC1, Student
+from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
         "vision": f"{MULTIMODAL_DIR}/{VISION_FILE}",
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
-    log.info("exported the vision tower to %s (load with jasper.export.load_multimodal)", multimodal)
+    log.info("exported the vision tower to %s (load with jasper.exporting.load_multimodal)", multimodal)
 
 
 def load_multimodal(export_dir: str | Path) -> MultimodalStudent:

@@ -4,7 +4,7 @@
 | 1     | FC1 (encoder frozen, no grad)   | cos + sim + resim on FC1                                       |
 | 2     | FC1 + last k encoder layers     | cos + sim + resim on FC1                                       |
 | 3     | everything, MRL heads added     | sim + resim on every MRL head vs the full teacher (+ FC1 loss) |
-| 4     | the vision tower (jasper/stage4.py) | cos + sim + resim per head, image vs its caption's vector  |
+| 4     | the vision tower (jasper/training/stages/stage4.py) | cos + sim + resim per head, image vs its caption's vector  |
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
-from jasper.cache import PooledFeatures
-from jasper.closed_form import ridge_fc1
+from jasper.storage.cache import PooledFeatures
+from jasper.core.closed_form import ridge_fc1
 from jasper.data.datamodule import CachedRows
-from jasper.encoders import encode_all
-from jasper.losses import DistillLoss
-from jasper.metrics import teacher_fidelity
-from jasper.student import FC1, Student
+from jasper.models.encoders import encode_all
+from jasper.core.losses import DistillLoss
+from jasper.core.metrics import teacher_fidelity
+from jasper.models.student import FC1, Student
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # texts per batch when stage 1 runs its frozen encoder once for the closed-form FC1
@@ -85,7 +85,7 @@ class DistillModule(L.LightningModule):
 
     def validation_metrics(self, outputs: list[tuple[dict[str, Tensor], Tensor]]) -> dict[str, float]:
         """Metrics (logged as ``val/<name>``) of the held-out ``(student vectors by head, teacher)`` batches:
-        teacher fidelity of every head (``cosine_fc1``, ``spearman_<head>``; :func:`jasper.metrics.teacher_fidelity`)."""
+        teacher fidelity of every head (``cosine_fc1``, ``spearman_<head>``; :func:`jasper.core.metrics.teacher_fidelity`)."""
         teacher = torch.cat([t for _, t in outputs])
         metrics = {}
         for head in self.student.head_names:
@@ -164,7 +164,7 @@ class Stage1(DistillModule):
     """FC1 learns to map the frozen encoder's pooled states to the teachers' space.
 
     ``closed_form``: a ridge strength (e.g. ``1e-3``) to first solve FC1 in closed form from every training text's
-    pooled state to its teacher vector (:func:`jasper.closed_form.ridge_fc1`, seconds); the configured steps then
+    pooled state to its teacher vector (:func:`jasper.core.closed_form.ridge_fc1`, seconds); the configured steps then
     polish it with the three losses (``steps: 0`` keeps the solution as it is). ``None``: FC1 starts as loaded.
     """
 

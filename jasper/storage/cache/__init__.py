@@ -15,12 +15,12 @@ and renamed into place, and the manifest is written last, so a build killed at a
 resumes where it stopped and ends bitwise identical to an uninterrupted one. A folder whose fingerprint differs
 from the run's teacher is refused, with the fields that differ; it is never silently used.
 
-    python -m jasper.cache verify DIR     # shard hashes, row counts, NaN/inf; exit status 1 on any problem
+    python -m jasper.storage.cache verify DIR     # shard hashes, row counts, NaN/inf; exit status 1 on any problem
 """
 
-from jasper.cache.commands import main, precompute, verify_tree
-from jasper.cache.features import PooledFeatures
-from jasper.cache.format import (
+from jasper.storage.cache.commands import main, precompute, verify_tree
+from jasper.storage.cache.features import PooledFeatures
+from jasper.storage.cache.format import (
     CORPUS_FILE,
     FINGERPRINT_FIELDS,
     FORMAT,
@@ -34,9 +34,9 @@ from jasper.cache.format import (
     fingerprint,
     text_ids,
 )
-from jasper.cache.reader import CacheReader
-from jasper.cache.store import TeacherCache
-from jasper.cache.verify import CacheDamaged, check_shard_files
+from jasper.storage.cache.reader import CacheReader
+from jasper.storage.cache.store import TeacherCache
+from jasper.storage.cache.verify import CacheDamaged, check_shard_files
 
 __all__ = [
     "CORPUS_FILE",

@@ -1,4 +1,4 @@
-"""The cache's commands: ``python precompute.py`` (:func:`precompute`) and ``python -m jasper.cache verify DIR``."""
+"""The cache's commands: ``python precompute.py`` (:func:`precompute`) and ``python -m jasper.storage.cache verify DIR``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from jasper.cache.format import CORPUS_FILE
-from jasper.cache.store import TeacherCache
+from jasper.storage.cache.format import CORPUS_FILE
+from jasper.storage.cache.store import TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def precompute(cfg) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] != "verify":
-        print("usage: python -m jasper.cache verify CACHE_DIR", file=sys.stderr)
+        print("usage: python -m jasper.storage.cache verify CACHE_DIR", file=sys.stderr)
         return 2
     problems = verify_tree(argv[1])
     for problem in problems:

@@ -5,7 +5,7 @@ L2-normalised, concatenated (12288-d) and normalised again. The dimension is rea
 
 A teacher is a description (name, path, revision, prompt, pooling, max length, layers, dtype, dim) until it is
 asked to encode: its model loads on the first ``encode``. Everything the TeacherCache keys on is read from the
-model's small files (``jasper.model_files``), so a run whose vectors are all cached never loads a teacher: with
+model's small files (``jasper.models.model_files``), so a run whose vectors are all cached never loads a teacher: with
 NV-Embed-v2 (7B) and stella (1.5B) that is minutes and tens of GB per rank saved on every stage.
 """
 
@@ -24,8 +24,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from jasper.encoders import check_finite, check_model_path, encode_all, load_encoder, mean_pool
-from jasper.model_files import (
+from jasper.models.encoders import check_finite, check_model_path, encode_all, load_encoder, mean_pool
+from jasper.models.model_files import (
     config_value,
     folder_digest,
     hub_commit,
@@ -63,7 +63,7 @@ class LazyTeacher:
     anyway). Where the files do not tell (a custom-code module), ``dim`` in the config gives it; failing both, the
     model is loaded once to ask it. Whatever the source, the loaded model's dimension is checked against it.
 
-    ``weights`` is a digest of the model's files (``jasper.model_files.folder_digest``: weights, config,
+    ``weights`` is a digest of the model's files (``jasper.models.model_files.folder_digest``: weights, config,
     tokenizer, remote code), computed without loading them and remembered across runs; the TeacherCache keys on it.
     """
 
