@@ -33,8 +33,8 @@ def _child(rows: int, reads: int) -> dict:
 
     torch.set_num_threads(1)
 
-    from jasper.storage.cache import TeacherCache
     from jasper.data.datamodule import CachedRows
+    from jasper.storage.cache import TeacherCache
 
     class Synthetic:
         name, dim = "synthetic-768", 768

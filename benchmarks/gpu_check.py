@@ -833,8 +833,8 @@ def phase_loader(out: Path, work: Path, settings: dict, tokenizer: str, budget: 
     import numpy as np
     from transformers import AutoTokenizer
 
-    from jasper.storage.cache import TeacherCache
     from jasper.models.teachers import TeacherEnsemble
+    from jasper.storage.cache import TeacherCache
 
     texts = json.loads((work / "texts.json").read_text())
     fits = [

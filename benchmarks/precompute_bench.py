@@ -26,11 +26,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
 
-    from jasper.storage.cache import TeacherCache
-    from jasper.training.resolvers import packaged_minilm
     from jasper.data.datamodule import clean_rows
     from jasper.data.sources import PythonDocstrings
     from jasper.models.teachers import HuggingFaceTeacher
+    from jasper.storage.cache import TeacherCache
+    from jasper.training.resolvers import packaged_minilm
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts, _ = clean_rows(PythonDocstrings(root=str(stdlib)))

@@ -20,10 +20,10 @@ def one_step(batch_size: int, tokens: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from jasper.training.resolvers import packaged_minilm
     from jasper.core.losses import DistillLoss
-    from jasper.training.stages.text import Stage2
     from jasper.models.student import Student
+    from jasper.training.resolvers import packaged_minilm
+    from jasper.training.stages.text import Stage2
 
     torch.manual_seed(0)
     student = Student(

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from jasper.core.metrics import spearman
+from jasper.evaluation.loaders import load_sts_tsv
 from jasper.storage.checkpoints import load_student, read_student_state, stage_students
 from jasper.training.resolvers import packaged_minilm, packaged_mpnet
-from jasper.evaluation.loaders import load_sts_tsv
-from jasper.core.metrics import spearman
 
 SETS = {"STS-B dev": "stsb-dev.tsv", "SICK-R": "sickr.tsv"}
 

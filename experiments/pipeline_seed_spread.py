@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import jasper.training.resolvers  # noqa: E402,F401  (resolvers)
+from jasper.core.tables import load_json  # noqa: E402
 from jasper.data.datamodule import clean_rows  # noqa: E402
 from jasper.data.sources import PythonDocstrings  # noqa: E402
-from jasper.core.tables import load_json  # noqa: E402
 from jasper.evaluation.fidelity import report  # noqa: E402
 from tests.test_pipeline import STAGE_GAINS, stages_run, train  # noqa: E402
 

@@ -30,6 +30,9 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from jasper.core.tables import load_json, markdown_table
+from jasper.models.student import FC1, Student
+from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
 from jasper.storage.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_student: export's API since it began)
     EXPORT_FILE,
     STUDENT_FILE,
@@ -37,9 +40,6 @@ from jasper.storage.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_
     load_student,
 )
 from jasper.training.resolvers import packaged_minilm
-from jasper.core.tables import load_json, markdown_table
-from jasper.models.student import FC1, Student
-from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
 
 log = logging.getLogger(__name__)
 

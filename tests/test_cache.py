@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from jasper.storage.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
-from jasper.storage.cache.format import LOCK
 from jasper.models.model_files import exclusive
 from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.storage.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
+from jasper.storage.cache.format import LOCK
 
 SHARD_ROWS = 16
 
@@ -316,10 +316,10 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
 
     import lightning as L
 
-    from jasper.data.datamodule import TextDistillDataModule
     from jasper.core.losses import DistillLoss
-    from jasper.training.stages.text import Stage1
+    from jasper.data.datamodule import TextDistillDataModule
     from jasper.models.student import Student
+    from jasper.training.stages.text import Stage1
 
     teacher = HuggingFaceTeacher(tiny_bert, max_length=32, pooling="cls")
     L.seed_everything(3)

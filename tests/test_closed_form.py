@@ -55,9 +55,9 @@ def test_stage1_solves_fc1_at_fit_start(tiny_bert):
     """Through Lightning: with steps=0 the FC1 that stage 1 leaves is exactly the ridge solution."""
     import lightning as L
 
+    from jasper.models.student import Student
     from jasper.storage.cache import PooledFeatures
     from jasper.training.stages.text import Stage1
-    from jasper.models.student import Student
 
     class Data(L.LightningDataModule):
         def __init__(self, student):

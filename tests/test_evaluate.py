@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from jasper.storage.checkpoints import save_student
 from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair
 from jasper.evaluation.runner import (
     StudentHeads,
@@ -23,6 +22,7 @@ from jasper.evaluation.runner import (
 )
 from jasper.exporting import export_student
 from jasper.models.student import Student
+from jasper.storage.checkpoints import save_student
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from jasper.core.tables import ResultRow, load_json, markdown_table, plot_vs_dim, write_report
 from jasper.evaluation import (
     BeirData,
     encode_texts,
@@ -21,7 +22,6 @@ from jasper.evaluation import (
     search,
     teacher_fidelity,
 )
-from jasper.core.tables import ResultRow, load_json, markdown_table, plot_vs_dim, write_report
 from jasper.evaluation.robustness import MIN_VARIANTS, instruction_robustness, load_instructions
 
 DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dev"

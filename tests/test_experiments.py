@@ -66,8 +66,8 @@ def test_smoothing_is_a_trailing_mean(window):
 
 
 def _student_run(run_dir: Path, minilm: str, fc1_dim: int) -> None:
-    from jasper.storage.checkpoints import save_student
     from jasper.models.student import Student
+    from jasper.storage.checkpoints import save_student
 
     student = Student(minilm, fc1_dim=fc1_dim, num_layers=1, max_length=32)
     save_student(student, run_dir / "stage1" / "student.pt")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from jasper.storage.checkpoints import save_student
 from jasper.exporting import EXPORT_FILE, export_checkpoint, export_student, is_deepspeed_dir, load_student
 from jasper.models.student import FC1, Student
+from jasper.storage.checkpoints import save_student
 
 TEXTS = [
     "A cat sits on the mat.",

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
-from jasper.storage.checkpoints import load_student
-from jasper.core.tables import load_json
 from jasper.core.metrics import teacher_fidelity
+from jasper.core.tables import load_json
 from jasper.evaluation.fidelity import report
+from jasper.storage.checkpoints import load_student
 from jasper.training.run import stage_loss
 from tests.record_batches import read as read_batches
 

@@ -7,10 +7,10 @@ from functools import partial
 
 import torch
 
-from jasper.storage.checkpoints import SaveStudent, load_student_weights
 from jasper.core.losses import DistillLoss
-from jasper.training.stages.text import Stage2, Stage3
 from jasper.models.student import Student
+from jasper.storage.checkpoints import SaveStudent, load_student_weights
+from jasper.training.stages.text import Stage2, Stage3
 
 ADAMW = partial(torch.optim.AdamW, lr=1e-3)
 

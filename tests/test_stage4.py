@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from jasper.core.losses import DistillLoss
 from jasper.data.images import (
     ImageCaptionDataModule,
     ImageFolderPairs,
@@ -18,10 +19,9 @@ from jasper.data.images import (
     split_pairs,
     validate_pairs,
 )
-from jasper.core.losses import DistillLoss
-from jasper.training.stages.stage4 import Stage4
 from jasper.models.student import Student
 from jasper.models.vision import VisionTower
+from jasper.training.stages.stage4 import Stage4
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
@@ -245,9 +245,9 @@ def test_stage4_composes_with_the_default_and_the_paper():
 
 
 def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
-    from jasper.storage.checkpoints import save_student
     from jasper.exporting import export_checkpoint, load_multimodal
     from jasper.models.vision import MultimodalStudent, save_vision
+    from jasper.storage.checkpoints import save_student
 
     torch.manual_seed(0)
     module = stage4(tiny_bert)

@@ -3,10 +3,10 @@ import functools
 import pytest
 import torch
 
-from jasper.storage.checkpoints import load_student_weights, save_student
 from jasper.core.losses import DistillLoss
-from jasper.training.stages.text import Stage1, Stage2, Stage3
 from jasper.models.student import Student
+from jasper.storage.checkpoints import load_student_weights, save_student
+from jasper.training.stages.text import Stage1, Stage2, Stage3
 
 TEXTS = [f"text {i}: " + "words " * (i % 5 + 1) for i in range(8)]
 

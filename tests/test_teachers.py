@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
-from jasper.storage.cache import fingerprint, precompute
 from jasper.models.student import Student
 from jasper.models.teachers import (
     HuggingFaceTeacher,
@@ -14,6 +13,7 @@ from jasper.models.teachers import (
     TeacherEnsemble,
     check_finite,
 )
+from jasper.storage.cache import fingerprint, precompute
 from jasper.training.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

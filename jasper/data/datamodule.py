@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from jasper.storage.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
 from jasper.data.augment import augment as augment_texts
 from jasper.data.batching import (
     EpochRandomSampler,
@@ -25,6 +24,7 @@ from jasper.data.batching import (
 from jasper.data.files import RejectedRow
 from jasper.models.encoders import check_finite, encode_all
 from jasper.models.teachers import TeacherEnsemble
+from jasper.storage.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
 
 log = logging.getLogger(__name__)
 PLACES_SHOWN = 5  # file:line places logged per rejection reason

@@ -14,10 +14,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from jasper.storage.checkpoints import STUDENT_FILE, load_student_weights, stage_students
-from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.core.metrics import teacher_fidelity
+from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.models.student import FC1, Student
+from jasper.storage.checkpoints import STUDENT_FILE, load_student_weights, stage_students
 from jasper.training.run import stage_settings
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from jasper.storage.checkpoints import load_student
+from jasper.core.metrics import pair_recall
+from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.images import split_pairs, validate_pairs
 from jasper.data.shapes import SyntheticShapes
-from jasper.core.tables import ResultRow, markdown_table, write_report
-from jasper.core.metrics import pair_recall
 from jasper.models.vision import MultimodalStudent, load_vision
+from jasper.storage.checkpoints import load_student
 
 log = logging.getLogger(__name__)
 

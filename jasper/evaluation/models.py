@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student
-from jasper.models.encoders import weights_digest
 from jasper.evaluation.encoder import Encoder
+from jasper.models.encoders import weights_digest
+from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student
 
 
 class StudentHeads:

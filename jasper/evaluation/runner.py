@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from jasper.storage.checkpoints import stage_students
+from jasper.core.metrics import teacher_fidelity
+from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.evaluation.encoder import Encoder
 from jasper.evaluation.loaders import load_beir, load_sts_tsv
 from jasper.evaluation.models import (  # noqa: F401  (StudentHeads: part of the runner's API, as before)
@@ -31,7 +32,6 @@ from jasper.evaluation.models import (  # noqa: F401  (StudentHeads: part of the
     VectorCache,
     load_model,
 )
-from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.evaluation.retrieval import evaluate_retrieval
 from jasper.evaluation.robustness import instruction_robustness, load_instructions
 from jasper.evaluation.sets import (  # noqa: F401  (set_specs, subset_pairs: part of the runner's API, as before)
@@ -45,7 +45,7 @@ from jasper.evaluation.sets import (  # noqa: F401  (set_specs, subset_pairs: pa
     with_set_specs,
 )
 from jasper.evaluation.sts import evaluate_sts
-from jasper.core.metrics import teacher_fidelity
+from jasper.storage.checkpoints import stage_students
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
-from jasper.storage.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
 from jasper.core.losses import DistillLoss
 from jasper.models.student import Student
-from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 from jasper.models.vision import VisionTower, load_vision_weights
+from jasper.storage.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
+from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from jasper.models.encoders import check_finite, encode_all
+from jasper.models.model_files import exclusive
 from jasper.storage.cache.format import (
     CORPUS_FILE,
     FORMAT,
@@ -33,8 +35,6 @@ from jasper.storage.cache.format import (
 )
 from jasper.storage.cache.reader import CacheReader
 from jasper.storage.cache.verify import _verify_teacher, check_shard_files
-from jasper.models.encoders import check_finite, encode_all
-from jasper.models.model_files import exclusive
 
 log = logging.getLogger(__name__)
 

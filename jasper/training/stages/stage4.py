@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 
 from jasper.core.losses import DistillLoss
 from jasper.core.metrics import pair_recall
-from jasper.training.stages.text import DistillModule
 from jasper.models.student import Student
 from jasper.models.vision import VisionTower, image_vectors, save_vision
+from jasper.training.stages.text import DistillModule
 
 log = logging.getLogger(__name__)
 

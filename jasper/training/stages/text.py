@@ -17,13 +17,13 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
-from jasper.storage.cache import PooledFeatures
 from jasper.core.closed_form import ridge_fc1
-from jasper.data.datamodule import CachedRows
-from jasper.models.encoders import encode_all
 from jasper.core.losses import DistillLoss
 from jasper.core.metrics import teacher_fidelity
+from jasper.data.datamodule import CachedRows
+from jasper.models.encoders import encode_all
 from jasper.models.student import FC1, Student
+from jasper.storage.cache import PooledFeatures
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # texts per batch when stage 1 runs its frozen encoder once for the closed-form FC1
