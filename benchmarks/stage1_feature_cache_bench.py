@@ -47,7 +47,7 @@ def run(feature_cache: bool, args, texts, cache_dir) -> tuple[float, float]:
     from jasper.models.student import Student
     from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
     from jasper.training.resolvers import packaged_minilm
-    from jasper.training.stages.text import Stage1
+    from jasper.training.stages.stage1 import Stage1
 
     path = packaged_minilm()
     teacher = HuggingFaceTeacher(path, num_layers=1, max_length=16, name="cheap-teacher")

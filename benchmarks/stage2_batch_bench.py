@@ -23,7 +23,7 @@ def one_step(batch_size: int, tokens: int) -> dict:
     from jasper.core.losses import DistillLoss
     from jasper.models.student import Student
     from jasper.training.resolvers import packaged_minilm
-    from jasper.training.stages.text import Stage2
+    from jasper.training.stages.stage2 import Stage2
 
     torch.manual_seed(0)
     student = Student(

@@ -10,7 +10,7 @@ L2-normalised 768-d teacher vectors. Optimiser (AdamW), cosine schedule with war
 come from the composed stage-2 config (``conf/``), the same for every loop.
 
 - ``bare``: plain PyTorch: forward, loss, backward, clip, AdamW step, zero_grad, scheduler step.
-- ``jasper``: ``jasper.training.stages.text.Stage2`` fitted by the ``lightning.Trainer`` of ``conf/trainer/cpu.yaml`` with the
+- ``jasper``: ``jasper.training.stages.stage2.Stage2`` fitted by the ``lightning.Trainer`` of ``conf/trainer/cpu.yaml`` with the
   run's CSV logger and ``LearningRateMonitor`` (as ``python train.py stage=2``), checkpointing off, no validation,
   fed by a ``DataLoader`` over the pre-built batches.
 - ``sentence-transformers``: ``SentenceTransformerTrainer`` + ``losses.MSELoss`` on a ``datasets.Dataset`` of the

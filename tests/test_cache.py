@@ -319,7 +319,7 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
     from jasper.core.losses import DistillLoss
     from jasper.data.datamodule import TextDistillDataModule
     from jasper.models.student import Student
-    from jasper.training.stages.text import Stage1
+    from jasper.training.stages.stage1 import Stage1
 
     teacher = HuggingFaceTeacher(tiny_bert, max_length=32, pooling="cls")
     L.seed_everything(3)

@@ -57,7 +57,7 @@ def test_stage1_solves_fc1_at_fit_start(tiny_bert):
 
     from jasper.models.student import Student
     from jasper.storage.cache import PooledFeatures
-    from jasper.training.stages.text import Stage1
+    from jasper.training.stages.stage1 import Stage1
 
     class Data(L.LightningDataModule):
         def __init__(self, student):

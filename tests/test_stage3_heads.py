@@ -9,8 +9,10 @@ import torch
 
 from jasper.core.losses import DistillLoss
 from jasper.models.student import Student
-from jasper.storage.checkpoints import SaveStudent, load_student_weights
-from jasper.training.stages.text import Stage2, Stage3
+from jasper.storage.checkpoints import load_student_weights
+from jasper.training.callbacks import SaveStudent
+from jasper.training.stages.stage2 import Stage2
+from jasper.training.stages.stage3 import Stage3
 
 ADAMW = partial(torch.optim.AdamW, lr=1e-3)
 

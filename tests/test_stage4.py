@@ -199,8 +199,8 @@ def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
     def recall() -> tuple[float, float]:
         module.eval()
         with torch.no_grad():
-            images, captions = module(held_out), module.caption_vectors(held_out)
-            loss = float(module.losses(module(train), module.caption_vectors(train))["total"])
+            images, captions = module(held_out), module.teacher(held_out)
+            loss = float(module.losses(module(train), module.teacher(train))["total"])
         module.train()
         return pair_recall(images["fc1"], captions["fc1"])["image->caption R@1"], loss
 

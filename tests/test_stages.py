@@ -6,7 +6,9 @@ import torch
 from jasper.core.losses import DistillLoss
 from jasper.models.student import Student
 from jasper.storage.checkpoints import load_student_weights, save_student
-from jasper.training.stages.text import Stage1, Stage2, Stage3
+from jasper.training.stages.stage1 import Stage1
+from jasper.training.stages.stage2 import Stage2
+from jasper.training.stages.stage3 import Stage3
 
 TEXTS = [f"text {i}: " + "words " * (i % 5 + 1) for i in range(8)]
 

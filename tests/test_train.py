@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.storage.checkpoints import newest_checkpoint
+from jasper.training.callbacks import StageProgressBar
 from jasper.training.run import (
     RunRefused,
-    StageProgressBar,
     check_overrides,
     remove_unused_run_folder,
     stage_loss,

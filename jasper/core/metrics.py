@@ -7,10 +7,10 @@ uses them too, and adds the retrieval metrics that only evaluation needs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,32 +18,14 @@ from torch import Tensor
 KS = (1, 5, 10)
 
 
-def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks 1..n of `x`, ties given the average of the ranks they span (scipy's `rankdata(method="average")`).
-
-    Example: rankdata([10, 20, 20, 5]) -> [2.0, 3.5, 3.5, 1.0]
-    """
-    a = np.asarray(x, dtype=np.float64).ravel()
-    n = a.size
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    # Start index of each run of equal values in the sorted array.
-    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
-    ends = np.r_[starts[1:], n]  # exclusive
-    avg = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman rank correlation: the Pearson correlation of the average ranks (ties share their mean rank).
 
         rho = cov(R(x), R(y)) / (std(R(x)) * std(R(y)))
 
-    Matches `scipy.stats.spearmanr(x, y).statistic`, including ties. Returns NaN when either input is constant
-    (the correlation is undefined; scipy does the same). Raises on mismatched lengths, fewer than 2 values or
-    non-finite values.
+    Computed by `scipy.stats.spearmanr`; this wrapper adds the checks. Returns NaN when either input is constant
+    (the correlation is undefined), without scipy's ConstantInputWarning. Raises on mismatched lengths, fewer
+    than 2 values or non-finite values.
 
     Example: spearman([1, 2, 3], [1, 3, 2]) -> 0.5
     """
@@ -55,12 +37,9 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
         raise ValueError(f"spearman: needs at least 2 values, got {xa.size}")
     if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
         raise ValueError("spearman: inputs contain NaN or infinite values")
-    rx = rankdata(xa) - (xa.size + 1) / 2.0
-    ry = rankdata(ya) - (ya.size + 1) / 2.0
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    if denom == 0.0:
+    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return float("nan")
-    return float(rx @ ry) / denom
+    return float(scipy.stats.spearmanr(xa, ya).statistic)
 
 
 def _strict_upper(m: torch.Tensor) -> torch.Tensor:

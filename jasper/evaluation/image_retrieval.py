@@ -14,9 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from jasper.core.metrics import pair_recall
 from jasper.core.tables import ResultRow, markdown_table, write_report
@@ -47,45 +45,6 @@ def evaluate_pairs(
         metrics["chance R@1"] = 1.0 / len(pairs)
         rows.append(ResultRow(name, head, model.head_dim(head), metrics))
     return rows
-
-
-def write_before_after(
-    before: Sequence[ResultRow],
-    after: Sequence[ResultRow],
-    out_dir: str | Path,
-    stem: str = "image_retrieval",
-) -> dict[str, Path]:
-    """Stage 4's report: the same held-out pairs with the untrained tower and with the trained one."""
-    rows = [ResultRow("untrained tower", r.head, r.dim, r.metrics) for r in before]
-    rows += [ResultRow("stage 4", r.head, r.dim, r.metrics) for r in after]
-    paths = write_report(rows, out_dir, stem=stem)
-    log.info("held-out image<->caption recall:\n%s", markdown_table(rows))
-    return paths
-
-
-class RecallReport(L.Callback):
-    """Stage 4's report (``conf/stages/4.yaml``): held-out recall with the untrained tower at the start of fit and
-    with the trained one at its end, written by :func:`write_before_after` to ``out_dir``."""
-
-    def __init__(self, out_dir: str, stem: str = "image_retrieval") -> None:
-        self.out_dir = out_dir
-        self.stem = stem
-        self.before: list[ResultRow] = []
-
-    @staticmethod
-    def rows(trainer: L.Trainer, module: L.LightningModule) -> list[ResultRow]:
-        recall = module.held_out_recall(trainer.datamodule.val_dataloader())
-        return [
-            ResultRow("", head, module.student.head_dim(head), metrics) for head, metrics in recall.items()
-        ]
-
-    @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.before = self.rows(trainer, module)
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        write_before_after(self.before, self.rows(trainer, module), self.out_dir, self.stem)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

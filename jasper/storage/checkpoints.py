@@ -9,10 +9,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import lightning as L
 import torch
 import yaml
-from lightning.pytorch.utilities import rank_zero_only
 
 from jasper.models.student import STUDENT_KEYS, Student
 
@@ -283,18 +281,3 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | N
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt path, or ckpt_path=last")
     return ckpt_path
-
-
-class SaveStudent(L.Callback):
-    """At the end of fit, write the student alone (weights + how to rebuild it) for the next stage and export."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trained = {h for h in module.trained_heads() if h in module.student.heads}
-        if any(p.requires_grad for p in module.student.heads.parameters()):
-            module.student.heads_trained |= trained
-        save_student(module.student, self.path)
-        log.info("student saved to %s", self.path)

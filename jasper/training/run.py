@@ -12,8 +12,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from omegaconf import DictConfig, OmegaConf
 
 from jasper.core.losses import DistillLoss
@@ -98,32 +96,6 @@ def remove_unused_run_folder(output_dir: str | Path, stop_at: str | Path) -> Non
         if parent == stop_at or stop_at not in parent.parents or any(parent.iterdir()):
             break
         parent.rmdir()
-
-
-class StageProgressBar(TQDMProgressBar):
-    """The training bar counts the stage's optimiser steps (``stage 2: 312/800``) across epochs, and a resumed
-    run starts at its step, instead of Lightning's per-epoch batch count."""
-
-    def __init__(self, description: str = "train", refresh_rate: int = 1) -> None:
-        super().__init__(refresh_rate=refresh_rate)
-        self.description = description
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
-        bar = self.train_progress_bar
-        bar.total = trainer.max_steps if trainer.max_steps > 0 else convert_inf(self.total_train_batches)
-        bar.set_description(self.description)
-        bar.n = trainer.global_step
-        bar.refresh()
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: Any) -> None:
-        bar = self.train_progress_bar
-        if self._should_update(trainer.global_step, bar.total):
-            bar.n = trainer.global_step
-            bar.set_postfix(self.get_metrics(trainer, module))
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not self.train_progress_bar.disable:
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
 
 
 def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:

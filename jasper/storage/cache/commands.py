@@ -1,15 +1,15 @@
-"""The cache's commands: ``python precompute.py`` (:func:`precompute`) and ``python -m jasper.storage.cache verify DIR``."""
+"""The cache's commands: ``python precompute.py`` (:func:`precompute`; ``verify=true``: the run's cache) and
+``python precompute.py verify=all`` (:func:`verify_cache_dir`: every corpus under ``paths.cache_dir``)."""
 
 from __future__ import annotations
 
+import json
 import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.utils import instantiate
 
-from jasper.storage.cache.format import CORPUS_FILE
+from jasper.storage.cache.format import CORPUS_FILE, MANIFEST
 from jasper.storage.cache.store import TeacherCache
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,38 @@ def precompute(cfg) -> Path:
     return root
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 2 or argv[0] != "verify":
-        print("usage: python -m jasper.storage.cache verify CACHE_DIR", file=sys.stderr)
-        return 2
-    problems = verify_tree(argv[1])
+def verify_cache_dir(cache_dir: str | Path) -> int:
+    """``python precompute.py verify=all``: every corpus under ``cache_dir`` (or one corpus folder), each problem
+    printed; returns the exit status, 1 on any problem, 0 ("cache OK") otherwise."""
+    problems = verify_tree(cache_dir)
     for problem in problems:
         print(f"PROBLEM {problem}")
-    print("cache OK" if not problems else f"{len(problems)} problem(s)")
+    print("cache OK" if not problems else f"{len(problems)} problem(s) in {cache_dir}")
     return 1 if problems else 0
 
 
 def verify_tree(path: str | Path) -> list[str]:
-    """Verify one corpus folder, or every ``corpus-*`` folder under a cache directory."""
+    """Verify one corpus folder, or every corpus folder (``corpus-*``, or any holding a corpus.json) under a cache
+    directory. A ``corpus-*`` folder without its corpus.json, or with a corpus.json or manifest.json that is not
+    valid JSON, is a problem naming that file."""
     path = Path(path)
     if (path / CORPUS_FILE).exists():
-        return TeacherCache(path).verify()
-    roots = sorted(p.parent for p in path.glob(f"*/{CORPUS_FILE}"))
+        return _verify_corpus(path)
+    roots = sorted({p.parent for p in path.glob(f"*/{CORPUS_FILE}")} | {p for p in path.glob("corpus-*") if p.is_dir()})
     if not roots:
         return [f"{path}: no cache found (no {CORPUS_FILE} in it or its subfolders)"]
-    return [f"{root.name}/{p}" for root in roots for p in TeacherCache(root).verify()]
+    return [f"{root.name}/{p}" for root in roots for p in _verify_corpus(root)]
+
+
+def _verify_corpus(root: Path) -> list[str]:
+    """`TeacherCache.verify`, or, when a corpus.json or manifest.json does not parse, those files by name (the
+    shards are checked once the manifests read again: delete the damaged one and run precompute to rebuild it)."""
+    damaged = []
+    for file in [root / CORPUS_FILE, *sorted(root.glob(f"*/{MANIFEST}"))]:
+        try:
+            if file.exists():
+                json.loads(file.read_text())
+        except (ValueError, OSError) as error:
+            damaged.append(f"{file.relative_to(root)}: damaged, not readable JSON ({error}); delete it and run "
+                           "python precompute.py with the run's data= and teachers= to rebuild it")
+    return damaged or TeacherCache(root).verify()

@@ -221,7 +221,7 @@ class TeacherCache:
             if manifest is None:
                 done = len(list(folder.glob("shard-*.npy")))
                 problems.append(
-                    f"{folder.name}: unfinished ({done} shard(s), no manifest); run precompute again"
+                    f"{folder.name}/{MANIFEST}: missing, unfinished build ({done} shard(s)); run precompute again"
                 )
                 continue
             problems += _verify_teacher(folder, manifest, ids, corpus)

@@ -5,10 +5,10 @@ language model as input embeddings, then go through its mean pooling, FC1 and he
 caption's vector from the *same* head of the frozen text path (no autograd), so dimensions match and the cosine term
 applies on every head (stage 3 could not use it only because a reduced head was compared with the full teacher).
 
-``train.build`` builds the tower (``vision=``, ``stages.stage4.vision_init_from``), gives the data module the tower's
-preprocessing and the loss stage 4's weights (``stages.stage4.loss``); callbacks write ``vision.pt``
-(:class:`SaveVision`) and the held-out recall before and after training
-(:class:`jasper.evaluation.image_retrieval.RecallReport`), both named in ``conf/stages/4.yaml``.
+``jasper.training.run.build`` builds the tower (``vision=``, ``stages.stage4.vision_init_from``), gives the data
+module the tower's preprocessing and the loss stage 4's weights (``stages.stage4.loss``); callbacks write
+``vision.pt`` and the held-out recall before and after training (``SaveVision``, ``RecallReport`` in
+:mod:`jasper.training.callbacks`, named by ``conf/callbacks/vision.yaml``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from jasper.core.losses import DistillLoss
 from jasper.core.metrics import pair_recall
 from jasper.models.student import Student
-from jasper.models.vision import VisionTower, image_vectors, save_vision
-from jasper.training.stages.text import DistillModule
+from jasper.models.vision import VisionTower, image_vectors
+from jasper.training.stages.base import DistillModule
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +85,6 @@ class Stage4(DistillModule):
                 h: torch.stack([self._caption_cache[c][h] for c in captions]).to(self.device) for h in heads
             }
 
-    caption_vectors = teacher  # the name the teacher of stage 4 had before the base class had the hook
-
     def losses(self, vectors: dict[str, Tensor], teacher: dict[str, Tensor]) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         total = 0.0
@@ -131,15 +127,3 @@ def recall_by_head(outputs: list[tuple[dict[str, Tensor], dict[str, Tensor]]]) -
         )
         for head in outputs[0][0]
     }
-
-
-class SaveVision(L.Callback):
-    """At the end of fit, write the vision tower (``vision.pt`` beside ``student.pt``; :func:`jasper.models.vision.load_vision`)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        save_vision(module.vision, self.path)
-        log.info("vision tower saved to %s", self.path)
