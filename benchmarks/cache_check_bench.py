@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.storage.cache import SHARD, _hash_bytes, check_shard_files
+from jasper.storage.cache import SHARD, array_digest, check_shard_files
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
             rows = min(shard_rows, args.rows - start)
             array = rng.standard_normal((rows, args.dim), dtype=np.float32).astype(np.float16)
             np.save(Path(folder) / SHARD.format(index), array)
-            entries.append({"file": SHARD.format(index), "rows": rows, "vectors_hash": _hash_bytes(array)})
+            entries.append({"file": SHARD.format(index), "rows": rows, "vectors_hash": array_digest(array)})
         manifest = {"teacher": {"dim": args.dim}, "shards": entries}
         gigabytes = args.rows * args.dim * 2 / 1e9
         started = time.perf_counter()

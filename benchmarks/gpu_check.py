@@ -258,12 +258,12 @@ def text_datamodule(cfg, texts: list[str], teachers, tokenize):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from jasper.training.run import stage_settings
+    from jasper.training.assembly import stage_settings
 
     data = cfg.data.copy()
     with open_dict(data):
         data.pop("source")
-    batch_size = stage_settings(cfg).batch_size  # as jasper.training.run.build gives it
+    batch_size = stage_settings(cfg).batch_size  # as jasper.training.assembly.assemble gives it
     return instantiate(data, _partial_=True, teachers=teachers, tokenize=tokenize, batch_size=batch_size)(
         source=texts
     )
@@ -681,7 +681,8 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
     # the one function export.py calls, in this process: a second Python start would cost half its minute.
     from sentence_transformers import SentenceTransformer
 
-    from jasper.exporting import EXPORT_FILE, export_checkpoint, load_student
+    from jasper.exporting import export_checkpoint
+    from jasper.storage.checkpoints import EXPORT_FILE, load_student
 
     export_dir = folder / "export"
     start = time.perf_counter()
@@ -772,7 +773,7 @@ def phase_resim(out: Path, settings: dict, cuda: bool, budget: float) -> None:
     import torch
     import torch.nn.functional as F
 
-    from jasper.core.losses import relative_similarity_loss, relative_similarity_loss_reference
+    from jasper.core.resim import relative_similarity_loss, relative_similarity_loss_reference
 
     device = "cuda" if cuda else "cpu"
     generator = torch.Generator().manual_seed(0)
@@ -990,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.tokenizer is None:
-        from jasper.training.resolvers import packaged_minilm
+        from jasper.models.packaged import packaged_minilm
 
         args.tokenizer = packaged_minilm()
     args.tokenizer = str(Path(args.tokenizer).resolve())

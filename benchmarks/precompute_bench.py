@@ -28,9 +28,9 @@ def main() -> None:
 
     from jasper.data.datamodule import clean_rows
     from jasper.data.sources import PythonDocstrings
+    from jasper.models.packaged import packaged_minilm
     from jasper.models.teachers import HuggingFaceTeacher
     from jasper.storage.cache import TeacherCache
-    from jasper.training.resolvers import packaged_minilm
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts, _ = clean_rows(PythonDocstrings(root=str(stdlib)))

@@ -29,7 +29,7 @@ def _child(impl: str, b: int, device: str, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from jasper.core.losses import relative_similarity_loss, relative_similarity_loss_reference
+    from jasper.core.resim import relative_similarity_loss, relative_similarity_loss_reference
 
     torch.set_num_threads(threads)
     loss = {"reference": relative_similarity_loss_reference, "fast": relative_similarity_loss}[impl]

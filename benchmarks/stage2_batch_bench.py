@@ -21,8 +21,8 @@ def one_step(batch_size: int, tokens: int) -> dict:
     import torch.nn.functional as F
 
     from jasper.core.losses import DistillLoss
+    from jasper.models.packaged import packaged_minilm
     from jasper.models.student import Student
-    from jasper.training.resolvers import packaged_minilm
     from jasper.training.stages.stage2 import Stage2
 
     torch.manual_seed(0)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from jasper.core.metrics import spearman
 from jasper.evaluation.loaders import load_sts_tsv
-from jasper.storage.checkpoints import load_student, read_student_state, stage_students
-from jasper.training.resolvers import packaged_minilm, packaged_mpnet
+from jasper.models.packaged import packaged_minilm, packaged_mpnet
+from jasper.storage.checkpoints import load_student, read_student, stage_students
 
 SETS = {"STS-B dev": "stsb-dev.tsv", "SICK-R": "sickr.tsv"}
 
@@ -59,7 +59,7 @@ def main() -> None:
     if not students:
         raise SystemExit(f"no stage*/student.pt under {args.run_dir}: train the run first (docstring)")
     for _, path in students:  # before the slow teacher encoding: a wrong run fails at once
-        fc1_dim = int(read_student_state(path)[1]["fc1.weight"].shape[0])
+        fc1_dim = int(read_student(path).state["fc1.weight"].shape[0])
         if fc1_dim != target_dim:
             raise SystemExit(
                 f"{path}: FC1 is {fc1_dim}-d, not the {target_dim}-d of mpnet + MiniLM "

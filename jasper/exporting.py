@@ -31,15 +31,10 @@ import yaml
 from torch import nn
 
 from jasper.core.tables import load_json, markdown_table
+from jasper.models.packaged import packaged_minilm
 from jasper.models.student import FC1, Student
 from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
-from jasper.storage.checkpoints import (  # noqa: F401  (is_deepspeed_dir, load_student: export's API since it began)
-    EXPORT_FILE,
-    STUDENT_FILE,
-    is_deepspeed_dir,
-    load_student,
-)
-from jasper.training.resolvers import packaged_minilm
+from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ DEV_DATA = REPO.parent / "shared" / "data" / "dev"
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    from jasper.training.resolvers import packaged_minilm
+    from jasper.models.packaged import packaged_minilm
 
     return packaged_minilm()
 

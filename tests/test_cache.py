@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from jasper.models.model_files import exclusive
+from jasper.core.disk import exclusive
 from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
-from jasper.storage.cache import CacheMismatch, TeacherCache, main, text_ids, verify_tree
+from jasper.storage.cache import CacheMismatch, TeacherCache, text_ids, verify_cache_dir, verify_tree
 from jasper.storage.cache.format import LOCK
 
 SHARD_ROWS = 16
@@ -252,7 +252,7 @@ def test_a_cache_for_another_teacher_configuration_is_refused(tmp_path, texts, t
 def test_verify_detects_corruption_and_non_finite_rows(tmp_path, reference, teacher, capsys):
     root = tmp_path / "copy"
     os.system(f"cp -r {reference.root} {root}")  # noqa: S605 (test-local copy)
-    assert main(["verify", str(root)]) == 0
+    assert verify_cache_dir(root) == 0 and "cache OK" in capsys.readouterr().out
     folder = TeacherCache(root).teacher_dir(teacher)
     shard = folder / "shard-00001.npy"
     data = bytearray(shard.read_bytes())
@@ -267,8 +267,29 @@ def test_verify_detects_corruption_and_non_finite_rows(tmp_path, reference, teac
     assert any("shard-00001.npy: vectors hash differs" in p for p in problems)
     assert any("shard-00003.npy: 2 row(s) with NaN/inf" in p for p in problems)
     assert any("shard-00004.npy: missing" in p for p in problems)
-    assert main(["verify", str(root)]) == 1
+    assert verify_cache_dir(root) == 1
     assert "PROBLEM" in capsys.readouterr().out
+
+
+def test_verify_names_a_damaged_or_missing_manifest_and_corpus_file(tmp_path, reference, teacher, capsys):
+    """The cache directory's form (python precompute.py verify=all): each damaged JSON file and each unfinished
+    teacher folder is a problem naming the file, never a bare JSON error."""
+    cache_dir = tmp_path / "cache"
+    for name in ("corpus-a", "corpus-b", "corpus-c"):
+        shutil.copytree(reference.root, cache_dir / name)
+    assert verify_tree(cache_dir) == []
+    slug = reference.teacher_dir(teacher).name
+    (cache_dir / "corpus-a" / slug / "manifest.json").write_text('{"rows": 7')  # a torn write
+    (cache_dir / "corpus-b" / slug / "manifest.json").unlink()  # a build killed before its last write
+    (cache_dir / "corpus-c" / "corpus.json").unlink()
+    problems = verify_tree(cache_dir)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(f"corpus-a/{slug}/manifest.json: damaged, not readable JSON")
+    assert problems[1].startswith(f"corpus-b/{slug}/manifest.json: missing, unfinished build (5 shard(s))")
+    assert problems[2].startswith("corpus-c/") and "no corpus.json" in problems[2]
+    assert verify_cache_dir(cache_dir) == 1
+    out = capsys.readouterr().out
+    assert out.count("PROBLEM ") == 3 and "cache OK" not in out
 
 
 def test_a_damaged_cache_is_refused_on_load_naming_the_file(tmp_path, reference, teacher, texts):

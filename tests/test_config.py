@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.models.packaged import MPNET, packaged_model
-from jasper.training.run import check_stage
+from jasper.training.assembly import stage_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug", "hparams_search"]
@@ -120,7 +120,7 @@ def test_stage3_with_custom_heads_composes_and_instantiates(minilm_path):
 def test_unknown_stage_is_refused():
     cfg = compose_train(["stage=5"])
     with pytest.raises(ValueError, match="unknown stage=5"):
-        check_stage(cfg)
+        stage_settings(cfg)
 
 
 def test_deepspeed_strategy_instantiates():
@@ -138,15 +138,15 @@ def test_deepspeed_strategy_instantiates():
 def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
     import torch
 
-    from jasper.training.run import build, check_accelerator
+    from jasper.training.run import RunRefused, check_accelerator, validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_train([f"trainer={trainer}"])
     with pytest.raises(RuntimeError, match="trainer=cpu") as error:
         check_accelerator(cfg)
     assert "\n" not in str(error.value)  # one line
-    with pytest.raises(RuntimeError, match="trainer=cpu"):
-        build(cfg)  # checked before anything is loaded
+    with pytest.raises(RunRefused, match="trainer=cpu"):
+        validate(cfg)  # what run() checks before anything is loaded
     check_accelerator(compose_train(["trainer=cpu"]))
 
 
@@ -282,7 +282,8 @@ def test_the_command_lines_are_found():
     [pytest.param(*key, id=" ".join([key[0], *key[1]])) for key in documented_commands()],
 )
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):
-    from jasper.evaluation.runner import default_out_dir, run_models, with_set_specs
+    from jasper.evaluation.runner import default_out_dir, run_models
+    from jasper.evaluation.sets import with_set_specs
     from jasper.training.run import build
 
     monkeypatch.chdir(tmp_path)  # relative paths (outputs/...) land here

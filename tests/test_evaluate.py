@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair
-from jasper.evaluation.runner import (
-    StudentHeads,
-    VectorCache,
-    evaluate,
-    load_model,
-    missing_data_note,
-    subset_beir,
-    subset_pairs,
-)
+from jasper.evaluation.models import StudentHeads, VectorCache, load_model
+from jasper.evaluation.runner import evaluate, missing_data_note
+from jasper.evaluation.sets import subset_beir, subset_pairs
 from jasper.exporting import export_student
 from jasper.models.student import Student
 from jasper.storage.checkpoints import save_student
@@ -98,7 +92,8 @@ class CountingStudent(StudentHeads):
 
 
 def test_each_text_encoded_once_for_all_heads(student, data_dir):
-    from jasper.evaluation.runner import evaluate_head, load_sets
+    from jasper.evaluation.runner import evaluate_head
+    from jasper.evaluation.sets import load_sets
 
     model = CountingStudent(student, "s")
     cache = VectorCache(model, batch_size=4)
@@ -234,7 +229,7 @@ def _save(student: Student, tmp_path: Path) -> str:
 
 
 def test_missing_data_is_named_or_skipped(tmp_path):
-    from jasper.evaluation.runner import load_sets
+    from jasper.evaluation.sets import load_sets
 
     missing = tmp_path / "nowhere"
     with pytest.raises(EvaluationDataError, match="nowhere"):
@@ -246,7 +241,7 @@ def test_missing_data_is_named_or_skipped(tmp_path):
 
 
 def test_sets_as_lists_of_paths_or_mappings(data_dir, tmp_path):
-    from jasper.evaluation.runner import load_sets, set_specs
+    from jasper.evaluation.sets import load_sets, set_specs
 
     assert set_specs(["a/my_pairs.tsv", {"path": "b.tsv", "name": "bee", "max_pairs": 3}], "sts") == {
         "my_pairs": {"path": "a/my_pairs.tsv", "name": "my_pairs"},
@@ -298,7 +293,8 @@ def test_eval_configs_compose():
     from hydra import compose, initialize_config_dir
 
     import jasper.training.resolvers  # noqa: F401
-    from jasper.evaluation.runner import default_out_dir, set_specs
+    from jasper.evaluation.runner import default_out_dir
+    from jasper.evaluation.sets import set_specs
 
     with initialize_config_dir(str(REPO / "conf" / "evaluate"), version_base="1.3"):
         for name in ("dev", "quick", "demo"):

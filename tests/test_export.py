@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from jasper.exporting import EXPORT_FILE, export_checkpoint, export_student, is_deepspeed_dir, load_student
+from jasper.exporting import export_checkpoint, export_student
 from jasper.models.student import FC1, Student
-from jasper.storage.checkpoints import save_student
+from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student, save_student
 
 TEXTS = [
     "A cat sits on the mat.",
@@ -102,7 +102,7 @@ def test_model_card_lists_scores(tiny_bert, tmp_path):
 
 
 def test_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no student at"):
         load_student(tmp_path / "missing.pt")
     (tmp_path / "dir").mkdir()
     with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):

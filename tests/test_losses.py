@@ -7,13 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import jasper.core.losses as losses
-from jasper.core.losses import (
-    DistillLoss,
-    cosine_loss,
-    relative_similarity_loss,
-    relative_similarity_loss_reference,
-    similarity_loss,
-)
+from jasper.core.losses import DistillLoss, cosine_loss, similarity_loss
+from jasper.core.resim import relative_similarity_loss, relative_similarity_loss_reference
 
 # A worked example, B = 3. Student rows x0 = (1, 0, 0), x1 = (0, 1, 0), x2 = (0.6, 0.8, 0); teacher rows
 # y0 = (1, 0, 0), y1 = (0, 1, 0), y2 = (0.8, 0.6, 0). Pairs in order (0,1), (0,2), (1,2):

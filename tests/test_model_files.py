@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -99,14 +98,6 @@ def test_sentence_transformer_dim_and_length_from_module_configs(tmp_path, minil
     assert sentence_transformer_dim(folder) is None  # unknown module: the teacher loads the model to ask it
     (folder / "sentence_bert_config.json").unlink()
     assert sentence_transformer_max_length(folder) == 512  # min(position embeddings, tokenizer limit)
-
-
-def test_cache_home_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("JASPER_CACHE_HOME", str(tmp_path / "a"))
-    assert model_files.cache_home() == tmp_path / "a"
-    monkeypatch.delenv("JASPER_CACHE_HOME")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert model_files.cache_home() == Path(tmp_path / "xdg" / "jasper")
 
 
 def test_a_hub_model_not_on_this_machine_gets_the_digest_its_snapshot_will_have(tmp_path, monkeypatch):

@@ -201,8 +201,8 @@ def test_the_real_mpnet_loads_offline_and_encodes():
         pytest.skip("the mpnet extra is not installed (make install-mpnet)")
     from sentence_transformers import SentenceTransformer
 
+    from jasper.models.packaged import packaged_mpnet
     from jasper.models.teachers import SentenceTransformerTeacher
-    from jasper.training.resolvers import packaged_mpnet
 
     teacher = SentenceTransformerTeacher(packaged_mpnet(), name="all-mpnet-base-v2")
     assert (teacher.dim, teacher.max_length, teacher.num_layers) == (768, 384, 12) and not teacher.loaded

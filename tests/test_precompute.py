@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
-from jasper.storage.cache import TeacherCache, precompute
+from jasper.storage.cache import TeacherCache
+from jasper.training.precompute import precompute
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REPO = CONF.parent
@@ -65,7 +66,7 @@ def test_precompute_writes_the_cache_training_reads(tiny_bert, rows_file, tmp_pa
     corpus = json.loads((root / "corpus.json").read_text())
     long = 1 + sum(len(t) > 1000 for t in docstrings[:40])
     assert corpus["rejected"] == {"empty": 2, "non-text": 2, "duplicate": 1, "truncated": long}
-    assert "rejected rows" in caplog.text
+    assert "rejected 5 row(s)" in caplog.text
     # Training composes the same groups, finds the cache and encodes nothing.
     cfg = compose_config("train", args)
     teachers = instantiate(cfg.teachers)
@@ -112,12 +113,12 @@ def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
     assert "text/s" in run.stderr  # the progress bar
     roots = list((tmp_path / "cache").glob("corpus-*"))
     assert len(roots) == 1 and TeacherCache(roots[0]).verify() == []
-    check = subprocess.run(
-        [sys.executable, "-m", "jasper.storage.cache", "verify", str(tmp_path / "cache")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert check.returncode == 0 and "cache OK" in check.stdout
+    # verify=all: every corpus under paths.cache_dir (precompute's own log folder there is not one), no teacher.
+    verify = [sys.executable, "precompute.py", "verify=all", f"paths.cache_dir={tmp_path / 'cache'}"]
+    check = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "cache OK" in check.stdout, check.stdout + check.stderr[-3000:]
+    (roots[0] / "tiny" / "manifest.json").write_text("{")  # a damaged manifest: named, exit status 1
+    check = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1, check.stderr[-3000:]
+    assert f"PROBLEM {roots[0].name}/tiny/manifest.json: damaged" in check.stdout
+    assert "cache OK" not in check.stdout

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import jasper.core.losses as losses
 import jasper.core.resim as resim
-from jasper.core.losses import (
+from jasper.core.resim import (
     relative_similarity_loss,
     relative_similarity_loss_reference,
     teacher_pair_order,

@@ -33,6 +33,7 @@ def test_trained_heads_survive_a_second_stage3_and_new_ones_start_from_fc1(tiny_
     with torch.no_grad():  # what stage 3's training leaves: heads that are no longer FC1's rows
         for head in first.heads.values():
             head.weight.add_(torch.randn_like(head.weight))
+    module.on_train_start()  # what fit does first: the heads stage 3 trains are recorded
     SaveStudent(str(tmp_path / "stage3" / "student.pt")).on_fit_end(None, module)
 
     second = Student(tiny_bert, fc1_dim=16, mrl_dims=[8, 4, 12])
@@ -48,9 +49,9 @@ def test_trained_heads_survive_a_second_stage3_and_new_ones_start_from_fc1(tiny_
 def test_heads_that_only_rode_along_start_from_fc1(tiny_bert, tmp_path):
     torch.manual_seed(0)
     student = Student(tiny_bert, fc1_dim=16, mrl_dims=[8])
-    SaveStudent(str(tmp_path / "stage2" / "student.pt")).on_fit_end(
-        None, Stage2(student, DistillLoss(), unfreeze_layers=1, optimizer=ADAMW)
-    )  # stage 2 trains FC1 only: the saved head is still random
+    module = Stage2(student, DistillLoss(), unfreeze_layers=1, optimizer=ADAMW)
+    module.on_train_start()
+    SaveStudent(str(tmp_path / "stage2" / "student.pt")).on_fit_end(None, module)  # stage 2 trains FC1 only
     fresh = Student(tiny_bert, fc1_dim=16, mrl_dims=[8])
     load_student_weights(fresh, tmp_path / "stage2" / "student.pt")
     assert fresh.heads_trained == set()

@@ -12,13 +12,9 @@ import torch
 from PIL import Image
 
 from jasper.core.losses import DistillLoss
-from jasper.data.images import (
-    ImageCaptionDataModule,
-    ImageFolderPairs,
-    SyntheticShapes,
-    split_pairs,
-    validate_pairs,
-)
+from jasper.data.image_sources import ImageFolderPairs
+from jasper.data.images import ImageCaptionDataModule, split_pairs, validate_pairs
+from jasper.data.shapes import SyntheticShapes
 from jasper.models.student import Student
 from jasper.models.vision import VisionTower
 from jasper.training.stages.stage4 import Stage4
@@ -143,8 +139,9 @@ def test_loss_weights_override_only_stage_4s_loss():
         {"_target_": "jasper.core.losses.DistillLoss", "similarity": 100.0, "margin": 0.02}
     )
     loss = stage_loss(shared, OmegaConf.create({"cosine": 200.0}), 4)
-    assert loss.weights == {"cos": 200.0, "sim": 100.0, "resim": 20.0} and loss.margin == 0.02
-    assert stage_loss(shared, None, 3).weights["cos"] == 10.0  # loss= itself is untouched
+    assert loss.weights == {"cosine": 200.0, "similarity": 100.0, "relative_similarity": 20.0}
+    assert loss.margin == 0.02
+    assert stage_loss(shared, None, 3).weights["cosine"] == 10.0  # loss= itself is untouched
     with pytest.raises(ValueError, match=r"stages.stage4.loss has unknown key\(s\) \['cos'\]"):
         stage_loss(shared, {"cos": 1.0}, 4)
 
@@ -221,7 +218,7 @@ def test_stage4_composes_with_the_default_and_the_paper():
     from hydra import compose, initialize_config_dir
 
     import jasper.training.resolvers  # noqa: F401
-    from jasper.training.resolvers import packaged_minilm  # noqa: F401
+    from jasper.models.packaged import packaged_minilm  # noqa: F401
     from tests.conftest import REPO
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -265,6 +262,57 @@ def test_encode_images_after_export_equals_before(tiny_bert, tmp_path):
     )
 
 
+def test_evaluate_py_eval_images_recalls_the_held_out_split(tiny_bert, tmp_path):
+    """``python evaluate.py eval=images model=.../student.pt`` through the real entry point: the tower beside the
+    student, the synthetic shapes' held-out split as stage 4 splits them, every head, the report in out_dir; the
+    rows are those of evaluate_pairs on the same pairs."""
+    import os
+    import subprocess
+    import sys
+
+    from jasper.evaluation.image_retrieval import evaluate_images, evaluate_pairs
+    from jasper.models.vision import MultimodalStudent, save_vision
+    from jasper.storage.checkpoints import save_student
+    from tests.conftest import REPO
+
+    torch.manual_seed(0)
+    module = stage4(tiny_bert)
+    save_student(module.student, tmp_path / "stage4" / "student.pt")
+    save_vision(module.vision, tmp_path / "stage4" / "vision.pt")
+    shapes = {"count": 12, "image_size": 32, "cache_dir": str(tmp_path / "img")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "eval=images",
+            f"model={tmp_path / 'stage4' / 'student.pt'}",
+            "eval.images.pairs=4",
+            "eval.images.seed=1",
+            *[f"eval.images.synthetic.{key}={value}" for key, value in shapes.items()],
+            f"out_dir={tmp_path / 'out'}",
+            f"runs_dir={tmp_path / 'runs'}",
+            "teacher=null",
+        ],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 held-out pairs of 12 synthetic shapes (seed 1)" in result.stdout
+    rows = json.loads((tmp_path / "out" / "image_retrieval.json").read_text())
+    pairs, _ = validate_pairs(list(SyntheticShapes(seed=1, **shapes)))
+    _, held = split_pairs(pairs, 4, seed=1)
+    module.eval()
+    expected = evaluate_pairs(MultimodalStudent(module.student, module.vision), held, name="stage4")
+    assert [(r["model"], r["head"]) for r in rows] == [("stage4", "fc1"), ("stage4", "8")]
+    for row, want in zip(rows, expected, strict=True):
+        assert row["metrics"] == pytest.approx(want.metrics) and row["metrics"]["chance R@1"] == 0.25
+    with pytest.raises(ValueError, match="give model=PATH/student.pt"):
+        evaluate_images({"eval": {"images": {"pairs": 4}}, "model": None}, REPO)
+
+
 def test_one_multirun_chains_text_stages_and_stage4_on_images(tmp_path, corpus_file):
     """Stages 1-3 read the text corpus (data=) and stage 4 the image-caption pairs (images=) in one command line;
     stage 4 starts from stage 3's student."""
@@ -294,7 +342,7 @@ def test_stage4_without_image_pairs_names_the_fix():
     from hydra import compose, initialize_config_dir
 
     import jasper.training.resolvers  # noqa: F401
-    from jasper.training.run import stage_data
+    from jasper.training.assembly import stage_data
     from tests.conftest import REPO
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

@@ -82,8 +82,10 @@ def test_stage3_losses_per_head_without_cosine_on_reduced_heads(tiny_bert):
         "total",
     }
     w = module.loss.weights
-    expected = w["cos"] * terms["fc1/loss_cos"] + sum(
-        w[k] * terms[f"{h}/loss_{k}"] for h in ["fc1", "8", "4"] for k in ["sim", "resim"]
+    expected = w["cosine"] * terms["fc1/loss_cos"] + sum(
+        w[name] * terms[f"{h}/loss_{k}"]
+        for h in ["fc1", "8", "4"]
+        for name, k in [("similarity", "sim"), ("relative_similarity", "resim")]
     )
     assert torch.allclose(terms["total"], expected)
     without_fc1 = make(Stage3, tiny_bert, keep_fc1_loss=False)
@@ -139,10 +141,12 @@ def test_stage3_keeps_trained_heads_from_init_from_and_starts_fresh_ones_from_fc
     changed_after_one_step(module)
     trained = module.student
     assert not torch.equal(trained.heads["8"].weight, trained.fc1.weight[:8])  # the step moved them apart
-    trained.heads_trained = set(trained.heads)  # what SaveStudent records at the end of a stage-3 fit
+    module.on_train_start()  # fit's first step: the heads stage 3 trains are recorded
+    assert trained.heads_trained == set(trained.heads)
     save_student(trained, tmp_path / "stage3" / "student.pt")
-    state = {f"student.{k}": v for k, v in trained.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"config": {"stage": 3}}}, tmp_path / "last.ckpt")
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # what Lightning calls when it writes last.ckpt
+    torch.save(checkpoint, tmp_path / "last.ckpt")
     stage2 = make(Stage2, tiny_bert).student  # heads as drawn, fc1 the same as `trained`'s start
     with torch.no_grad():
         stage2.fc1.weight.add_(1.0)

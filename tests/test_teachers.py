@@ -13,7 +13,8 @@ from jasper.models.teachers import (
     TeacherEnsemble,
     check_finite,
 )
-from jasper.storage.cache import fingerprint, precompute
+from jasper.storage.cache import fingerprint
+from jasper.training.precompute import precompute
 from jasper.training.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

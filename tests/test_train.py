@@ -114,9 +114,9 @@ def test_each_stage_takes_loss_weights_unless_it_sets_its_own():
     for stage in (1, 2, 3):
         cfg = compose_train([f"stage={stage}", *overrides])
         weights[stage] = stage_loss(cfg.loss, cfg.stages[f"stage{stage}"].loss, stage).weights
-    assert weights[1]["sim"] == weights[3]["sim"] == 100
-    assert weights[2]["sim"] == weights[2]["resim"] == 0
-    assert weights[1]["cos"] == weights[2]["cos"] == weights[3]["cos"] == 10
+    assert weights[1]["similarity"] == weights[3]["similarity"] == 100
+    assert weights[2]["similarity"] == weights[2]["relative_similarity"] == 0
+    assert weights[1]["cosine"] == weights[2]["cosine"] == weights[3]["cosine"] == 10
 
 
 def test_a_stage_loss_key_that_is_not_a_weight_is_refused():

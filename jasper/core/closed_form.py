@@ -18,7 +18,7 @@ def check_rows_finite(matrix: Tensor, what: str) -> None:
     if len(bad):
         raise ValueError(
             f"{what} has NaN/inf in {len(bad)} row(s), first rows {bad[:10].tolist()}: rebuild the cache "
-            "(python -m jasper.storage.cache verify names damaged shards) or drop those texts"
+            "(python precompute.py verify=all names damaged shards) or drop those texts"
         )
 
 

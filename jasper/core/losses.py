@@ -14,11 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jasper.core.distributed import all_gather_no_grad, all_gather_with_grad
-from jasper.core.resim import (  # noqa: F401  (the relative similarity loss: part of this module's API)
-    _check_batch,
-    pair_similarities,
+from jasper.core.resim import (
+    check_batch,
     relative_similarity_loss,
-    relative_similarity_loss_reference,
     teacher_pair_order,
 )
 
@@ -47,15 +45,21 @@ def similarity_loss(student: Tensor, teacher: Tensor) -> Tensor:
     >>> similarity_loss(s, t) >= 0
     tensor(True)
     """
-    _check_batch(student, teacher)
+    check_batch(student, teacher)
     return F.mse_loss(student @ student.T, teacher @ teacher.T)
+
+
+# The three terms: their weights' names (loss=, stages.stageN.loss) and the short names they are logged under
+# (train/fc1/loss_cos); everything else derives from this table.
+TERMS = {"cosine": "cos", "similarity": "sim", "relative_similarity": "resim"}
+SETTINGS = (*TERMS, "margin")  # what loss= and stages.stageN.loss set besides gather_across_ranks
 
 
 class DistillLoss(nn.Module):
     """``L = cosine * L_cos + similarity * L_sim + relative_similarity * L_resim`` (paper: 10, 200, 20).
 
-    ``forward`` returns every term by name (``cos``, ``sim``, ``resim``) and their weighted sum (``total``), so
-    that each can be logged. ``use_cosine=False`` leaves the cosine term out (reduced heads, whose dimension is not
+    ``forward`` returns every term by its log name (:data:`TERMS`: ``cos``, ``sim``, ``resim``) and their weighted sum
+    (``total``), so that each can be logged. ``use_cosine=False`` leaves the cosine term out (reduced heads, whose dimension is not
     the teacher's).
 
     Several heads against one teacher: the teacher's pair order (:func:`teacher_pair_order`, a sort of
@@ -79,11 +83,12 @@ class DistillLoss(nn.Module):
         gather_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("cosine", cosine),
-            ("similarity", similarity),
-            ("relative_similarity", relative_similarity),
-        ]:
+        self.weights = {
+            "cosine": cosine,
+            "similarity": similarity,
+            "relative_similarity": relative_similarity,
+        }
+        for name, value in self.weights.items():
             if value < 0:
                 raise ValueError(f"loss weight loss.{name}={value} is negative; weights must be >= 0")
         if margin < 0:
@@ -93,29 +98,29 @@ class DistillLoss(nn.Module):
                 "all loss weights are 0: set at least one of loss.cosine, loss.similarity, "
                 "loss.relative_similarity (paper: 10, 200, 20)"
             )
-        self.weights = {"cos": cosine, "sim": similarity, "resim": relative_similarity}
         self.margin = margin
         self.gather_across_ranks = gather_across_ranks
         self._teacher_cache: tuple[weakref.ref, int, Tensor, Tensor | None] | None = None
 
     def forward(self, student: Tensor, teacher: Tensor, use_cosine: bool = True) -> dict[str, Tensor]:
-        _check_batch(student, teacher)
+        check_batch(student, teacher)
         # bf16 inputs: the losses are differences of near-equal numbers, so compute them in float32.
         student = student.float() if student.dtype != torch.float64 else student
         global_teacher, order = self._teacher(teacher, student.dtype)
         terms: dict[str, Tensor] = {}
-        if use_cosine and self.weights["cos"] > 0:
-            terms["cos"] = cosine_loss(student, teacher.to(student.dtype))
-        if self.weights["sim"] > 0 or self.weights["resim"] > 0:
+        weights = self.weights
+        if use_cosine and weights["cosine"] > 0:
+            terms["cosine"] = cosine_loss(student, teacher.to(student.dtype))
+        if weights["similarity"] > 0 or weights["relative_similarity"] > 0:
             global_student = all_gather_with_grad(student) if self.gather_across_ranks else student
-            if self.weights["sim"] > 0:
-                terms["sim"] = similarity_loss(global_student, global_teacher)
-            if self.weights["resim"] > 0:
-                terms["resim"] = relative_similarity_loss(
+            if weights["similarity"] > 0:
+                terms["similarity"] = similarity_loss(global_student, global_teacher)
+            if weights["relative_similarity"] > 0:
+                terms["relative_similarity"] = relative_similarity_loss(
                     global_student, global_teacher, self.margin, teacher_order=order
                 )
-        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
-        return terms
+        total = sum(weights[name] * value for name, value in terms.items())
+        return {**{TERMS[name]: value for name, value in terms.items()}, "total": total}
 
     def _teacher(self, teacher: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         """The (gathered, cast) teacher and its pair order, cached for the last teacher tensor seen."""
@@ -127,6 +132,10 @@ class DistillLoss(nn.Module):
         global_teacher = teacher.detach().to(dtype)
         if self.gather_across_ranks:
             global_teacher = all_gather_no_grad(global_teacher)
-        order = teacher_pair_order(global_teacher) if self.weights["resim"] > 0 and len(teacher) > 0 else None
+        order = (
+            teacher_pair_order(global_teacher)
+            if self.weights["relative_similarity"] > 0 and len(teacher) > 0
+            else None
+        )
         self._teacher_cache = (weakref.ref(teacher), teacher._version, global_teacher, order)
         return global_teacher, order

@@ -35,7 +35,7 @@ def relative_similarity_loss_reference(student: Tensor, teacher: Tensor, margin:
     >>> relative_similarity_loss_reference(v, v, margin=0.0)  # a student that equals its teacher
     tensor(0.)
     """
-    _check_batch(student, teacher)
+    check_batch(student, teacher)
     s, t = pair_similarities(student), pair_similarities(teacher)
     m = len(s)
     if m < 2:
@@ -87,7 +87,7 @@ def relative_similarity_loss(
     >>> bool(torch.isclose(relative_similarity_loss(s, t), relative_similarity_loss_reference(s, t)))
     True
     """
-    _check_batch(student, teacher)
+    check_batch(student, teacher)
     x = _compute_dtype(student, student)  # (B, d_s), differentiable
     b = len(x)
     m = b * (b - 1) // 2
@@ -347,7 +347,7 @@ def _count_true_prefix(sorted_u: Tensor, guess: Tensor, pred) -> Tensor:
     return guess.index_copy_(0, wrong, lo.to(guess.dtype))
 
 
-def _check_batch(student: Tensor, teacher: Tensor) -> None:
+def check_batch(student: Tensor, teacher: Tensor) -> None:
     if student.ndim != 2 or teacher.ndim != 2 or len(student) != len(teacher):
         raise ValueError(
             f"student and teacher must be (B, d) matrices with the same B, got {tuple(student.shape)} and "

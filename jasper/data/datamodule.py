@@ -251,6 +251,11 @@ class TextDistillDataModule(L.LightningDataModule):
             return None
         return TeacherCache.for_texts(self.cache_dir, texts)
 
+    def corpus_cache(self) -> TeacherCache | None:
+        """The cache of this run's texts (training and held out), as ``prepare_data`` builds it."""
+        train, held_out = self._split()
+        return self.cache(train + held_out)
+
     def build_cache(
         self,
         texts: Sequence[str],

@@ -23,9 +23,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from jasper.data.image_sources import HubImageCaptions, ImageFolderPairs, Pair  # noqa: F401  (the sources, as before)
-from jasper.data.shapes import SyntheticShapes  # noqa: F401  (as before)
-from jasper.models.encoders import load_rgb
+from jasper.data.image_sources import Pair
+from jasper.models.vision import load_rgb
 
 log = logging.getLogger(__name__)
 

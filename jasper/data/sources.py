@@ -39,7 +39,9 @@ class PythonDocstrings:
         self.min_chars = min_chars
         self.root = Path(root or sysconfig.get_paths()["stdlib"])
         if not self.root.is_dir():
-            raise FileNotFoundError(f"Python standard library not found at {self.root}; set data.source.root")
+            raise FileNotFoundError(
+                f"Python standard library not found at {self.root}; set +data.source.root=PATH"
+            )
 
     def __iter__(self) -> Iterator[str]:
         for path in sorted(self.root.rglob("*.py")):

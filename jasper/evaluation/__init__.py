@@ -8,8 +8,7 @@ it pulls in mteb) runs the same callables through MTEB.
 from jasper.core.metrics import spearman, teacher_fidelity
 from jasper.evaluation.encoder import Encoder, encode_texts, from_sentence_transformer, with_prompt
 from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair, load_beir, load_sts_tsv
-from jasper.evaluation.metrics import ndcg_at_k, recall_at_k
-from jasper.evaluation.retrieval import encode_corpus, evaluate_retrieval, search
+from jasper.evaluation.retrieval import encode_corpus, evaluate_retrieval, ndcg_at_k, recall_at_k, search
 from jasper.evaluation.sts import evaluate_sts
 
 __all__ = [

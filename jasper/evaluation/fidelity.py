@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.models.student import FC1, Student
 from jasper.storage.checkpoints import STUDENT_FILE, load_student_weights, stage_students
-from jasper.training.run import stage_settings
+from jasper.training.assembly import assemble
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +44,10 @@ def report(cfg: DictConfig) -> str:
         raise FileNotFoundError(
             f"no {STUDENT_FILE} under {run_dir}: train first (python train.py run_name={cfg.run_name})"
         )
-    L.seed_everything(
-        cfg.seed
-    )  # as in jasper.training.run.build: the same random FC1 and heads as stage 1 started from
-    teachers = instantiate(cfg.teachers)
-    student = instantiate(cfg.model, fc1_dim=teachers.dim)
-    batch = stage_settings(cfg).batch_size
-    datamodule = instantiate(cfg.data, teachers=teachers, tokenize=student.tokenize, batch_size=batch)
+    parts = assemble(
+        cfg, init_from=None
+    )  # seeded as training is: the random FC1 and heads stage 1 started from
+    student, datamodule, batch = parts.student, parts.datamodule, parts.settings.batch_size
     datamodule.setup("validate")
     texts, teacher = datamodule.val_set.texts, datamodule.val_set.teacher_vectors
     rows = [fidelity_row("init", student, texts, teacher, batch)]

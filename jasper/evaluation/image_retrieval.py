@@ -3,25 +3,27 @@
 Pair ``i`` is image ``i`` with caption ``i``; a query is right at ``k`` when its own pair is among the ``k``
 nearest candidates (cosine). With N held-out pairs, chance recall@1 is 1/N.
 
-    python -m jasper.evaluation.image_retrieval --student outputs/default/stage4/student.pt \
-        --vision outputs/default/stage4/vision.pt [--folder DIR_WITH_index.jsonl] [--out DIR]
+    python evaluate.py eval=images model=outputs/default/stage4/student.pt   # conf/evaluate/eval/images.yaml
+
+:func:`evaluate_images` is what that command runs: the student with the tower beside it (``eval.images.vision``
+for another) on the synthetic shapes' held-out split (as stage 4 holds it out) or on a folder of pairs
+(``eval.images.folder``), written to ``out_dir`` like the text evaluation.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
 
 from jasper.core.metrics import pair_recall
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.images import split_pairs, validate_pairs
 from jasper.data.shapes import SyntheticShapes
-from jasper.models.vision import MultimodalStudent, load_vision
+from jasper.evaluation.runner import default_out_dir
+from jasper.evaluation.sets import resolve
+from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
 from jasper.storage.checkpoints import load_student
 
 log = logging.getLogger(__name__)
@@ -47,30 +49,46 @@ def evaluate_pairs(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def held_out_pairs(spec: Mapping, repo: Path) -> tuple[list[tuple[str, str]], str]:
+    """``eval.images``'s pairs and a line saying which: the first ``pairs`` of a ``folder``, or the synthetic
+    shapes' held-out split (seeded as stage 4 splits them, so the same ``seed`` and ``synthetic`` settings give the
+    pairs training held out)."""
+    count, seed = int(spec["pairs"]), int(spec.get("seed", 0))
+    if spec.get("folder"):
+        folder = resolve(spec["folder"], repo)
+        pairs, _ = validate_pairs(list(ImageFolderPairs(str(folder))))
+        return pairs[:count], f"the first {min(count, len(pairs))} pairs of {folder}"
+    synthetic = dict(spec.get("synthetic") or {})
+    synthetic["cache_dir"] = str(resolve(synthetic.get("cache_dir") or "outputs/cache", repo))
+    pairs, _ = validate_pairs(list(SyntheticShapes(seed=seed, **synthetic)))
+    _, held = split_pairs(pairs, count, seed)
+    return held, f"{len(held)} held-out pairs of {len(pairs)} synthetic shapes (seed {seed})"
+
+
+def evaluate_images(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
+    """``python evaluate.py eval=images model=PATH``: recall of a stage-4 ``student.pt`` and its tower on
+    ``eval.images``'s pairs, every head; JSON + markdown + PNG to ``out_dir``. Returns the rows and the markdown."""
+    repo = Path(repo)
+    ecfg, spec = cfg["eval"], cfg["eval"]["images"]
+    if not cfg.get("model") or cfg.get("models") or cfg.get("run_name"):
+        raise ValueError(
+            "eval=images evaluates one stage-4 student: give model=PATH/student.pt (its vision.pt beside it, or "
+            "eval.images.vision=PATH), and neither models= nor run_name="
+        )
+    student_path = resolve(str(cfg["model"]), repo)
+    vision_path = resolve(spec["vision"], repo) if spec.get("vision") else student_path.parent / VISION_FILE
+    student, _ = load_student(student_path)
+    model = MultimodalStudent(student, load_vision(vision_path))
+    pairs, described = held_out_pairs(spec, repo)
+    name = student_path.parent.name or "student"
+    rows = evaluate_pairs(model, pairs, name=name, batch_size=int(cfg.get("batch_size", 64)))
+    out_dir = resolve(default_out_dir(cfg), repo)
+    paths = write_report(rows, out_dir, stem=str(ecfg.get("stem") or "image_retrieval"))
+    caption = (
+        f"**{ecfg.get('title') or 'Image <-> caption retrieval'}**: {student_path} with the tower {vision_path}, "
+        f"on {described}; chance R@1 = 1/{len(pairs)}."
     )
-    parser.add_argument("--student", required=True, help="student.pt (stage 4 writes one next to vision.pt)")
-    parser.add_argument("--vision", required=True, help="vision.pt")
-    parser.add_argument("--folder", help="folder with index.jsonl/csv; default: the synthetic held-out split")
-    parser.add_argument("--pairs", type=int, default=100, help="held-out pairs (candidates per query)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/image_retrieval")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-
-    student, _ = load_student(args.student)
-    model = MultimodalStudent(student, load_vision(args.vision))
-    source = ImageFolderPairs(args.folder) if args.folder else SyntheticShapes(seed=args.seed)
-    pairs, _ = validate_pairs(list(source))
-    _, held = split_pairs(pairs, args.pairs, args.seed) if not args.folder else (None, pairs[: args.pairs])
-    rows = evaluate_pairs(model, held, name=Path(args.vision).parent.name or "student")
-    paths = write_report(rows, args.out, stem="image_retrieval")
-    print(markdown_table(rows))
-    log.info("report written to %s", paths["markdown"])
-
-
-if __name__ == "__main__":
-    torch.set_grad_enabled(False)
-    main()
+    markdown = f"{caption}\n\n{markdown_table(rows)}"
+    paths["markdown"].write_text(markdown, encoding="utf-8")
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return rows, markdown

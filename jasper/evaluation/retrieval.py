@@ -1,14 +1,91 @@
-"""Dense retrieval evaluation: exact (brute-force) cosine search with a running top-k, then nDCG@k / recall@k."""
+"""Dense retrieval evaluation: exact (brute-force) cosine search with a running top-k, then nDCG@k / recall@k.
+
+The retrieval metrics are trec_eval's, computed by pytrec_eval (as BEIR and MTEB do), so the numbers are
+comparable with published BEIR and MTEB tables.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import pytrec_eval
 import torch
 from tqdm.auto import tqdm
 
 from jasper.evaluation.encoder import Encoder, encode_texts
-from jasper.evaluation.metrics import ndcg_at_k, recall_at_k
+
+Run = Mapping[str, Sequence[str]]
+"""A retrieval run: query id -> document ids, best first."""
+
+Qrels = Mapping[str, Mapping[str, int]]
+"""Relevance judgements: query id -> {document id: grade}; grade 0 = judged non-relevant."""
+
+
+def _trec_eval(run: Run, qrels: Qrels, measure: str, k: int) -> dict[str, float]:
+    """pytrec_eval's ``measure.k`` (``ndcg_cut`` or ``recall``) for each query of `qrels`; 0 for a query that is
+    absent from `run` or has an empty ranking (pytrec_eval leaves those out).
+
+    pytrec_eval ranks by score and breaks ties by document id, so each ranking is given the distinct scores
+    n, n-1, ..., 1 (exact in float64): its order is kept as it is. Run entries for queries without judgements are
+    ignored.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    scored = {}
+    for qid in qrels:
+        ranking = list(run.get(qid, ()))
+        if len(set(ranking)) != len(ranking):
+            raise ValueError(f"the ranking of query {qid!r} lists a document more than once")
+        scored[qid] = {doc: float(len(ranking) - i) for i, doc in enumerate(ranking)}
+    judged = {qid: {doc: max(int(g), 0) for doc, g in docs.items()} for qid, docs in qrels.items()}
+    results = pytrec_eval.RelevanceEvaluator(judged, {f"{measure}.{k}"}).evaluate(scored)
+    return {qid: results.get(qid, {}).get(f"{measure}_{k}", 0.0) for qid in qrels}
+
+
+def ndcg_at_k_per_query(run: Run, qrels: Qrels, k: int) -> dict[str, float]:
+    """nDCG@k for each query of `qrels` (trec_eval `ndcg_cut.k`, as used by BEIR and MTEB; pytrec_eval computes it).
+
+        DCG@k  = sum_{i=1..k} rel(d_i) / log2(i + 1)      (d_i: document at rank i of the run; rel = judged grade,
+                                                             0 for judged-non-relevant and for unjudged documents)
+        IDCG@k = DCG@k of all judged grades of the query sorted descending
+        nDCG@k = DCG@k / IDCG@k                            (0 when the query has no relevant document)
+
+    A query of `qrels` that is absent from `run` scores 0. Run entries for queries without judgements are ignored.
+    """
+    return _trec_eval(run, qrels, "ndcg_cut", k)
+
+
+def ndcg_at_k(run: Run, qrels: Qrels, k: int) -> float:
+    """Mean over the queries of `qrels` of nDCG@k (see `ndcg_at_k_per_query` for the formula).
+
+    Example: qrels {"q": {"a": 2, "b": 1, "c": 0}}, run {"q": ["c", "a"]}, k=2:
+             DCG = 0/log2(2) + 2/log2(3) = 1.262;  IDCG = 2/log2(2) + 1/log2(3) = 2.631;  nDCG@2 = 0.480
+    """
+    if not qrels:
+        raise ValueError("ndcg_at_k: qrels is empty")
+    per_query = ndcg_at_k_per_query(run, qrels, k)
+    return sum(per_query.values()) / len(per_query)
+
+
+def recall_at_k_per_query(run: Run, qrels: Qrels, k: int) -> dict[str, float]:
+    """Recall@k for each query of `qrels` (trec_eval `recall.k`, as used by BEIR and MTEB; pytrec_eval computes it).
+
+        recall@k = |{relevant docs in the top k of the run}| / |{relevant docs}|,   relevant = grade > 0
+
+    0 when the query has no relevant document (trec_eval's convention); 0 for a query absent from `run`.
+    """
+    return _trec_eval(run, qrels, "recall", k)
+
+
+def recall_at_k(run: Run, qrels: Qrels, k: int) -> float:
+    """Mean over the queries of `qrels` of recall@k (see `recall_at_k_per_query`).
+
+    Example: qrels {"q": {"a": 2, "b": 1, "c": 0}}, run {"q": ["c", "a", "x"]}, k=2: 1 of 2 relevant found -> 0.5
+    """
+    if not qrels:
+        raise ValueError("recall_at_k: qrels is empty")
+    per_query = recall_at_k_per_query(run, qrels, k)
+    return sum(per_query.values()) / len(per_query)
 
 
 def encode_corpus(
@@ -87,7 +164,7 @@ def evaluate_retrieval(
     encode: Encoder,
     corpus: Mapping[str, str],
     queries: Mapping[str, str],
-    qrels: Mapping[str, Mapping[str, int]],
+    qrels: Qrels,
     query_prompt: str | None = None,
     doc_prompt: str | None = None,
     k_values: Sequence[int] = (10, 100),

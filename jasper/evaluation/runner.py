@@ -27,19 +27,17 @@ from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.evaluation.encoder import Encoder
 from jasper.evaluation.loaders import load_beir, load_sts_tsv
-from jasper.evaluation.models import (  # noqa: F401  (StudentHeads: part of the runner's API, as before)
-    StudentHeads,
+from jasper.evaluation.models import (
     VectorCache,
     load_model,
 )
 from jasper.evaluation.retrieval import evaluate_retrieval
 from jasper.evaluation.robustness import instruction_robustness, load_instructions
-from jasper.evaluation.sets import (  # noqa: F401  (set_specs, subset_pairs: part of the runner's API, as before)
+from jasper.evaluation.sets import (
     EvalSets,
     load_sets,
     read_texts,
     resolve,
-    set_specs,
     subset_beir,
     subset_pairs,
     with_set_specs,

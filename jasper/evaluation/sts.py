@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jasper.core.metrics import spearman
 from jasper.evaluation.encoder import Encoder, encode_texts
-from jasper.evaluation.metrics import spearman
 
 
 def evaluate_sts(

@@ -1,5 +1,5 @@
 """What every model in jasper shares, below all of them: loading a Hugging Face encoder, pooling its token states,
-encoding many texts in length-sorted chunks, checking vectors, and reading an image as RGB.
+encoding many texts in length-sorted chunks, checking vectors.
 
 The student (:mod:`jasper.models.student`), the teachers (:mod:`jasper.models.teachers`), the vision tower (:mod:`jasper.models.vision`),
 the cache and the evaluation all use these; none of them is imported here.
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import transformers.utils as hf_utils
-from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
@@ -221,15 +220,3 @@ def check_finite(vectors: Tensor, source: str) -> None:
             f"{int(bad.sum())} vector(s) from {source} contain NaN/inf (first rows: {rows}); "
             "check the teacher's dtype (fp16 overflow: try dtype=bfloat16 or float32) and the input texts"
         )
-
-
-# Reading images. Here rather than in data/: the vision tower's own preprocessing (a model, below data) reads
-# images too, and data/images.py imports it from here.
-def load_rgb(image: Image.Image | str | Path) -> Image.Image:
-    """A PIL image in RGB from a path or an image (palette, grey, RGBA and CMYK images are converted)."""
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
-    return image if image.mode == "RGB" else image.convert("RGB")

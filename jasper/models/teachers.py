@@ -318,7 +318,7 @@ class TeacherEnsemble:
         weights: Sequence[float] | None = None,
     ) -> None:
         if not teachers:
-            raise ValueError("no teachers configured: add at least one under teachers.members")
+            raise ValueError("no teachers configured: add at least one under teachers.teachers")
         self.teachers = list(teachers)
         self.batch_size = batch_size
         self.online = online  # True: encode in memory at setup, never read or write the TeacherCache

@@ -24,11 +24,21 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from jasper.models.encoders import load_rgb
 from jasper.models.student import FC1, Student
 
 log = logging.getLogger(__name__)
 VISION_FILE = "vision.pt"
+
+
+# Here rather than in data/: the tower's own preprocessing reads images, and data/images.py imports it from here.
+def load_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image in RGB from a path or an image (palette, grey, RGBA and CMYK images are converted)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class VisionTower(nn.Module):

@@ -4,9 +4,8 @@ back (``student.pt``, a Lightning ``.ckpt`` or a DeepSpeed directory) for export
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,9 +17,7 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "student.pt"
 # Beside an exported sentence-transformers folder: its heads (jasper.exporting).
 EXPORT_FILE = "jasper_export.json"
-HEADS_TRAINED_FROM_STAGE = (
-    3  # a checkpoint that records no trained heads: from this stage on, its heads trained
-)
+HEADS_TRAINED = "heads_trained"  # in student.pt and in every Lightning checkpoint of a stage
 
 
 def save_student(student: Student, path: str | Path) -> None:
@@ -30,53 +27,53 @@ def save_student(student: Student, path: str | Path) -> None:
     payload = {
         "config": student.describe(),
         "state_dict": student.state_dict(),
-        "heads_trained": sorted(student.heads_trained, key=int),
+        HEADS_TRAINED: sorted(student.heads_trained, key=int),
     }
     torch.save(payload, path)
 
 
-def _read_payload(path: str | Path) -> dict:
+@dataclass(frozen=True)
+class StoredStudent:
+    """A student as a checkpoint holds it: ``config`` (the Student's kwargs; None in a Lightning checkpoint, which
+    holds the run's ``train_config`` instead), its ``state`` dict, the MRL heads some stage trained, and the
+    training config (the checkpoint's hyper-parameters, or the run's ``.hydra/config.yaml`` beside a student.pt)."""
+
+    config: dict | None
+    state: dict[str, torch.Tensor]
+    heads_trained: set[str]
+    train_config: dict | None
+
+
+def read_student(path: str | Path) -> StoredStudent:
+    """The one reader of a stored student: a ``student.pt``, a Lightning ``.ckpt`` of a stage module, or a DeepSpeed
+    checkpoint directory (consolidated first); each file is loaded once."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
-            f"no student weights at {path}: point stages.stageN.init_from at a student.pt or .ckpt file"
+            f"no student at {path}: give a student.pt, a Lightning .ckpt or a DeepSpeed checkpoint directory "
+            "(for a stage's start: stages.stageN.init_from=PATH)"
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def heads_trained(payload: dict, path: str | Path) -> set[str]:
-    """The MRL heads of a checkpoint that some stage trained: as ``student.pt`` records them; for a Lightning
-    ``.ckpt`` or an older ``student.pt`` (no record), every head when its stage (the config's ``stage``, or a
-    ``stageN`` folder) is ``HEADS_TRAINED_FROM_STAGE`` or later, else none."""
-    if "heads_trained" in payload:
-        return set(payload["heads_trained"])
-    config = (payload.get("hyper_parameters") or {}).get("config") or {}
-    stage = config.get("stage")
-    if stage is None:
-        folder = Path(path).parent.name
-        stage = int(folder.removeprefix("stage")) if re.fullmatch(r"stage\d+", folder) else 0
-    if int(stage) < HEADS_TRAINED_FROM_STAGE:
-        return set()
-    state = payload["state_dict"]
-    return {k.split(".")[-2] for k in state if k.removeprefix("student.").startswith("heads.")}
-
-
-def read_student_state(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
-    """``(student config or None, student state dict)`` from a ``student.pt`` or a Lightning ``.ckpt`` file."""
-    return _student_state(_read_payload(path), path)
-
-
-def _student_state(payload: dict, path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
-    if "state_dict" in payload and "config" in payload:
-        return payload["config"], payload["state_dict"]
-    if "state_dict" in payload:  # a Lightning checkpoint of a stage module: the student's keys carry a prefix
-        state = {
-            k.removeprefix("student."): v
-            for k, v in payload["state_dict"].items()
-            if k.startswith("student.")
-        }
-        return None, state
-    raise ValueError(f"{path} holds neither a student.pt payload nor a Lightning checkpoint")
+    if path.is_dir():
+        if not is_deepspeed_dir(path):
+            raise ValueError(
+                f"{path} is a directory but not a DeepSpeed checkpoint (no 'latest', no */*model_states.pt)"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            return read_student(convert_deepspeed(path, Path(tmp) / "fp32.ckpt"))
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in payload:
+        raise ValueError(f"{path} holds neither a student.pt payload nor a Lightning checkpoint")
+    heads_trained = set(payload.get(HEADS_TRAINED, ()))
+    if "config" in payload:  # student.pt
+        hydra_config = path.parent / ".hydra" / "config.yaml"
+        train_config = yaml.safe_load(hydra_config.read_text()) if hydra_config.is_file() else None
+        return StoredStudent(payload["config"], payload["state_dict"], heads_trained, train_config)
+    # A Lightning checkpoint of a stage module: the student's keys carry a prefix, the run config is a hyper-parameter.
+    state = {
+        k.removeprefix("student."): v for k, v in payload["state_dict"].items() if k.startswith("student.")
+    }
+    train_config = (payload.get("hyper_parameters") or {}).get("config")
+    return StoredStudent(None, state, heads_trained, train_config)
 
 
 def is_deepspeed_dir(path: str | Path) -> bool:
@@ -107,51 +104,24 @@ def convert_deepspeed(path: str | Path, output_file: str | Path) -> Path:
     return Path(output_file)
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor], dict | None]:
-    """``(student config or None, student state dict, training config or None)`` from any supported source.
-
-    The training config is the checkpoint's ``hyper_parameters["config"]`` (Lightning / DeepSpeed) or the run's
-    ``.hydra/config.yaml`` beside a ``student.pt`` when it exists.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: give a student.pt, a Lightning .ckpt or a DeepSpeed checkpoint directory"
-        )
-    if path.is_dir():
-        if not is_deepspeed_dir(path):
+def student_config(stored: StoredStudent) -> dict:
+    """The Student's kwargs: as stored, else from the training config's ``model`` section and the weights' shapes.
+    Separate heads present in the weights win over the config (a stage-1/2 student has none yet)."""
+    state = stored.state
+    if stored.config is not None:
+        config = dict(stored.config)
+    else:
+        model = dict((stored.train_config or {}).get("model") or {})
+        if not model.get("model_name_or_path") and not model.get("encoder_config"):
             raise ValueError(
-                f"{path} is a directory but not a DeepSpeed checkpoint (no 'latest', no */*model_states.pt)"
+                "the checkpoint has no student config and no training config naming model.model_name_or_path: "
+                "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            converted = convert_deepspeed(path, Path(tmp) / "fp32.ckpt")
-            return read_checkpoint(converted)
-    student_config, state = read_student_state(path)
-    train_config = None
-    payload_hparams = None
-    if student_config is None:  # Lightning checkpoint: the full run config is in its hyper-parameters
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        payload_hparams = (payload.get("hyper_parameters") or {}).get("config")
-        train_config = payload_hparams
-    hydra_config = path.parent / ".hydra" / "config.yaml"
-    if train_config is None and hydra_config.is_file():
-        train_config = yaml.safe_load(hydra_config.read_text())
-    return student_config, state, train_config
-
-
-def student_config_from(state: Mapping[str, torch.Tensor], train_config: Mapping | None) -> dict:
-    """Rebuild kwargs of a Student from a training config's ``model`` section and the state dict's shapes."""
-    model = dict((train_config or {}).get("model") or {})
-    if not model.get("model_name_or_path") and not model.get("encoder_config"):
-        raise ValueError(
-            "the checkpoint has no student config and no training config naming model.model_name_or_path: "
-            "export from the stage's student.pt, or a .ckpt written by train.py (save_hyperparameters)"
-        )
-    config = {k: model[k] for k in STUDENT_KEYS if k in model}
-    config["fc1_dim"] = int(state["fc1.weight"].shape[0])
-    heads = sorted({int(k.split(".")[1]) for k in state if k.startswith("heads.")}, reverse=True)
-    if heads:  # separate heads present in the weights win over the config (stage 1/2 .ckpt have none yet)
-        config["mrl_dims"] = heads
+        config = {k: model[k] for k in STUDENT_KEYS if k in model}
+        config["fc1_dim"] = int(state["fc1.weight"].shape[0])
+    heads = {int(k.split(".")[1]) for k in state if k.startswith("heads.")}
+    if config.get("mrl_mode", "separate") == "separate" and set(config.get("mrl_dims") or ()) != heads:
+        config["mrl_dims"] = sorted(heads, reverse=True)
     return config
 
 
@@ -161,23 +131,17 @@ def load_student(path: str | Path, weights: bool = True, **overrides) -> tuple[S
     ``overrides`` replace rebuild kwargs (e.g. ``max_length=128`` for faster evaluation). ``weights=False`` builds
     the same student fresh (pretrained encoder layers, randomly initialised FC1 and heads): the run's init.
     """
-    student_config, state, train_config = read_checkpoint(path)
-    config = dict(student_config) if student_config is not None else student_config_from(state, train_config)
-    if student_config is not None and not any(k.startswith("heads.") for k in state):
-        if config.get("mrl_mode") == "separate":
-            config["mrl_dims"] = []  # a stage-1/2 student.pt saved before its heads existed
-    config.update(overrides)
-    student = Student(**config)
-    if not weights:
-        return student.eval(), train_config
-    result = student.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit the student it describes: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    student.eval()
-    return student, train_config
+    stored = read_student(path)
+    student = Student(**{**student_config(stored), **overrides})
+    if weights:
+        result = student.load_state_dict(stored.state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{path} does not fit the student it describes: missing {result.missing_keys[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        student.heads_trained = stored.heads_trained & set(student.heads)
+    return student.eval(), stored.train_config
 
 
 def stage_students(run_dir: str | Path) -> list[tuple[str, Path]]:
@@ -190,15 +154,15 @@ def stage_students(run_dir: str | Path) -> list[tuple[str, Path]]:
 
 def load_student_weights(student: Student, path: str | Path) -> None:
     """Load weights into ``student``. Only MRL heads may be missing (new heads start fresh) or extra (dropped).
-    ``student.heads_trained`` becomes the loaded heads that a stage had trained (:func:`heads_trained`)."""
-    payload = _read_payload(path)
-    config, state = _student_state(payload, path)
-    if config is not None and config["fc1_dim"] != student.fc1_dim:
+    ``student.heads_trained`` becomes the loaded heads that a stage had trained."""
+    stored = read_student(path)
+    if stored.config is not None and stored.config["fc1_dim"] != student.fc1_dim:
         raise ValueError(
-            f"{path} has FC1 of dimension {config['fc1_dim']} but the configured teachers give {student.fc1_dim}: "
-            "use the same teachers as the stage that wrote it, or start from the pretrained encoder (stages.stageN.init_from=null)"
+            f"{path} has FC1 of dimension {stored.config['fc1_dim']} but the configured teachers give "
+            f"{student.fc1_dim}: use the same teachers as the stage that wrote it, or start from the pretrained "
+            "encoder (stages.stageN.init_from=null)"
         )
-    result = student.load_state_dict(state, strict=False)
+    result = student.load_state_dict(stored.state, strict=False)
     wrong = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.startswith("heads.")]
     if wrong:
         raise ValueError(
@@ -208,7 +172,7 @@ def load_student_weights(student: Student, path: str | Path) -> None:
         log.info(
             "heads not in %s start fresh: %s", path, sorted({k.split(".")[1] for k in result.missing_keys})
         )
-    student.heads_trained = heads_trained(payload, path) & set(student.heads)
+    student.heads_trained = stored.heads_trained & set(student.heads)
     log.info("student initialised from %s", path)
 
 

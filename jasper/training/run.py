@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -14,29 +13,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from jasper.core.losses import DistillLoss
-from jasper.models.student import Student
-from jasper.models.vision import VisionTower, load_vision_weights
-from jasper.storage.checkpoints import load_student_weights, resolve_ckpt_path, resolve_init_from
+from jasper.core.losses import SETTINGS, DistillLoss
+from jasper.storage.checkpoints import resolve_ckpt_path
+from jasper.training.assembly import assemble, stage_settings
 from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
-
-
-LOSS_WEIGHTS = ("cosine", "similarity", "relative_similarity", "margin")  # what stages.stageN.loss sets
-
-
-def check_stage(cfg: DictConfig) -> None:
-    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
-    if cfg.stage not in available:
-        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
-
-
-def stage_settings(cfg: DictConfig) -> DictConfig:
-    """The running stage's settings, ``stages.stage<stage>``: the one place Python reads them; everything below
-    ``build`` receives what it needs from them (``stage_settings`` in the YAML is a view for interpolations)."""
-    check_stage(cfg)
-    return cfg.stages[f"stage{cfg.stage}"]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -79,7 +61,7 @@ def validate(cfg: DictConfig) -> str | None:
     """Everything checked before a model loads; returns the checkpoint to resume from (``ckpt_path``)."""
     try:
         check_accelerator(cfg)
-        check_stage(cfg)
+        stage_settings(cfg)  # an unknown stage
         return resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir) / "checkpoints")
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         raise RunRefused(str(error)) from None
@@ -98,19 +80,6 @@ def remove_unused_run_folder(output_dir: str | Path, stop_at: str | Path) -> Non
         parent.rmdir()
 
 
-def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
-    """The stage's own data when it names one (stage 4: ``images=``, image-caption pairs), else ``data=`` (the text
-    corpus of stages 1-3), so one multirun chains all four stages, each on its kind of data."""
-    if "data" not in settings:
-        return cfg.data
-    if settings.data is None or "_target_" not in settings.data:  # debug=fast alone adds images.max_pairs
-        raise ValueError(
-            f"stage {cfg.stage} trains on image-caption pairs but none are selected: add images=synthetic_shapes "
-            "(offline), images=folder images.source.root=DIR or images=infinity_mm (conf/images/)"
-        )
-    return settings.data
-
-
 def stage_loss(loss: DictConfig, weights: DictConfig | None, stage: int) -> DistillLoss:
     """``loss=`` with the stage's own weights on top: ``stages.stage<N>.loss`` follows ``loss=`` unless the stage
     sets its own (``stages.stage2.loss.similarity=0``), so one run can train stage 2 with the cosine term alone and
@@ -118,71 +87,26 @@ def stage_loss(loss: DictConfig, weights: DictConfig | None, stage: int) -> Dist
     weights = (
         OmegaConf.to_container(weights, resolve=True) if isinstance(weights, DictConfig) else weights or {}
     )
-    unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
+    unknown = sorted(set(weights) - set(SETTINGS))
     if unknown:
-        raise ValueError(
-            f"stages.stage{stage}.loss has unknown key(s) {unknown}: it sets {list(LOSS_WEIGHTS)}"
-        )
+        raise ValueError(f"stages.stage{stage}.loss has unknown key(s) {unknown}: it sets {list(SETTINGS)}")
     return instantiate(loss, **weights)
 
 
-def build_tower(settings: DictConfig, student: Student, stage: int) -> VisionTower | None:
-    """The stage's vision tower (``stages.stage<N>.vision``, stage 4: from ``vision=``) in the student's input
-    space, continued from ``vision_init_from`` when set; None for a stage without one."""
-    if "vision" not in settings:
-        return None
-    if settings.vision is None:
-        raise ValueError(
-            f"stage {stage} needs a vision tower but no vision config is selected for model "
-            f"{student.model_name_or_path}: add vision=tiny (or vision=siglip_so400m) to the command line"
-        )
-    tower = instantiate(settings.vision)
-    if not isinstance(tower, VisionTower):  # the configs' _partial_ tower: it takes the student's hidden size
-        tower = tower(embed_dim=student.encoder.config.hidden_size)
-    if settings.get("vision_init_from"):
-        load_vision_weights(tower, settings.vision_init_from)
-    return tower
-
-
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
-    """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet)."""
-    check_accelerator(cfg)
-    settings = stage_settings(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    teachers = instantiate(cfg.teachers)
-    student = instantiate(cfg.model, fc1_dim=teachers.dim)
-    init_from = resolve_init_from(
-        settings.init_from,
-        cfg.stage,
-        cfg.paths.output_dir,
-        cfg.paths.run_dir,
-        job_first_stage_changed(),
-    )
-    if init_from is not None:
-        load_student_weights(student, init_from)
-    tower = build_tower(settings, student, cfg.stage)
-    data_extra: dict[str, Any] = {}
-    # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
-    if settings.get("feature_cache", False):
-        data_extra["features"] = student
-    if tower is not None:  # image data: the tower's own preprocessing
-        data_extra["transform"] = tower.transform
-    datamodule = instantiate(
-        stage_data(cfg, settings),
-        teachers=teachers,
-        tokenize=student.tokenize,
-        batch_size=settings.batch_size,
-        **data_extra,
-    )
-    module_extra = {"vision": tower} if tower is not None else {}
+    """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet; ``validate``
+    has checked the config)."""
+    parts = assemble(cfg, init_from=job_first_stage_changed())
+    settings = parts.settings
+    module_extra = {"vision": parts.tower} if parts.tower is not None else {}
     loss = stage_loss(cfg.loss, settings.get("loss"), cfg.stage)
-    module = instantiate(settings.module, student=student, loss=loss, **module_extra)
+    module = instantiate(settings.module, student=parts.student, loss=loss, **module_extra)
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)}, logger=False)
     configured = [*(cfg.get("callbacks") or {}).values(), *(settings.get("callbacks") or {}).values()]
     callbacks = [instantiate(c) for c in configured if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    return module, datamodule, trainer
+    return module, parts.datamodule, trainer
 
 
 def oom_message(cfg: DictConfig) -> str:

@@ -15,10 +15,11 @@ and renamed into place, and the manifest is written last, so a build killed at a
 resumes where it stopped and ends bitwise identical to an uninterrupted one. A folder whose fingerprint differs
 from the run's teacher is refused, with the fields that differ; it is never silently used.
 
-    python -m jasper.storage.cache verify DIR     # shard hashes, row counts, NaN/inf; exit status 1 on any problem
+    python precompute.py verify=all     # every corpus under paths.cache_dir: shard hashes, row counts, NaN/inf;
+                                        # each problem printed, exit status 1 on any
 """
 
-from jasper.storage.cache.commands import main, precompute, verify_tree
+from jasper.storage.cache.commands import verify_cache_dir, verify_tree
 from jasper.storage.cache.features import PooledFeatures
 from jasper.storage.cache.format import (
     CORPUS_FILE,
@@ -29,7 +30,7 @@ from jasper.storage.cache.format import (
     SHARD,
     SHARD_ROWS,
     CacheMismatch,
-    _hash_bytes,
+    array_digest,
     corpus_key,
     fingerprint,
     text_ids,
@@ -51,12 +52,11 @@ __all__ = [
     "CacheReader",
     "PooledFeatures",
     "TeacherCache",
-    "_hash_bytes",
+    "array_digest",
     "check_shard_files",
     "corpus_key",
     "fingerprint",
-    "main",
-    "precompute",
     "text_ids",
+    "verify_cache_dir",
     "verify_tree",
 ]

@@ -7,39 +7,10 @@ import json
 import logging
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from jasper.storage.cache.format import CORPUS_FILE, MANIFEST
 from jasper.storage.cache.store import TeacherCache
 
 log = logging.getLogger(__name__)
-
-
-def precompute(cfg) -> Path:
-    """``python precompute.py``: the run's texts (cleaned, held out, augmented as training will see them)
-    encoded by every configured teacher into the TeacherCache; resumes a killed build. ``verify=true`` only
-    checks the cache (hashes, row counts, NaN/inf) and raises when anything is wrong."""
-    teachers = instantiate(cfg.teachers)
-    data = instantiate(cfg.data, teachers=teachers, tokenize=None)
-    train, held_out = data.prepare_texts()
-    texts = train + held_out
-    root = (
-        Path(data.teacher_cache) if data.teacher_cache else TeacherCache.for_texts(data.cache_dir, texts).root
-    )
-    if cfg.get("verify", False):
-        problems = verify_tree(root)
-        for problem in problems:
-            log.error("cache problem: %s", problem)
-        if problems:
-            raise ValueError(f"{len(problems)} problem(s) in the cache {root}: {problems[:3]}")
-        log.info("cache %s verified: %d rows, teachers %s", root, len(texts), teachers.names)
-        return root
-    log.info("rejected rows: %s", dict(data.rejected) or "none")
-    cache = TeacherCache(root)
-    stats = {"rejected": dict(data.rejected), "val_texts": data.val_texts, "seed": data.seed}
-    cache.build(texts, teachers.teachers, teachers.batch_size, data.shard_rows, stats=stats)
-    log.info("teacher vectors of %d texts in %s", len(texts), root)
-    return root
 
 
 def verify_cache_dir(cache_dir: str | Path) -> int:
@@ -59,7 +30,9 @@ def verify_tree(path: str | Path) -> list[str]:
     path = Path(path)
     if (path / CORPUS_FILE).exists():
         return _verify_corpus(path)
-    roots = sorted({p.parent for p in path.glob(f"*/{CORPUS_FILE}")} | {p for p in path.glob("corpus-*") if p.is_dir()})
+    roots = sorted(
+        {p.parent for p in path.glob(f"*/{CORPUS_FILE}")} | {p for p in path.glob("corpus-*") if p.is_dir()}
+    )
     if not roots:
         return [f"{path}: no cache found (no {CORPUS_FILE} in it or its subfolders)"]
     return [f"{root.name}/{p}" for root in roots for p in _verify_corpus(root)]
@@ -74,6 +47,8 @@ def _verify_corpus(root: Path) -> list[str]:
             if file.exists():
                 json.loads(file.read_text())
         except (ValueError, OSError) as error:
-            damaged.append(f"{file.relative_to(root)}: damaged, not readable JSON ({error}); delete it and run "
-                           "python precompute.py with the run's data= and teachers= to rebuild it")
+            damaged.append(
+                f"{file.relative_to(root)}: damaged, not readable JSON ({error}); delete it and run "
+                "python precompute.py with the run's data= and teachers= to rebuild it"
+            )
     return damaged or TeacherCache(root).verify()

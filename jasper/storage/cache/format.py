@@ -1,18 +1,17 @@
 """The cache's on-disk format: file names, text ids and hashes, the teacher fingerprint a folder is keyed on, and
-crash-safe writes (a temporary file, fsync, an atomic rename)."""
+its JSON files, written crash-safe (:func:`jasper.core.disk.atomic_write`: temporary file, fsync, atomic rename)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jasper.models.model_files import fsync_dir
+from jasper.core.disk import atomic_write
 
 FORMAT = 1
 CORPUS_FILE = "corpus.json"
@@ -56,7 +55,7 @@ def corpus_key(ids: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype="<u8").tobytes(), digest_size=10).hexdigest()
 
 
-def _hash_bytes(array: np.ndarray, chunk_rows: int = 8192) -> str:
+def array_digest(array: np.ndarray, chunk_rows: int = 8192) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for start in range(0, len(array), chunk_rows):
         digest.update(np.ascontiguousarray(array[start : start + chunk_rows]).tobytes())
@@ -121,20 +120,9 @@ def refusal(encoder: object, folder: Path, stored: dict) -> CacheMismatch | None
     )
 
 
-# Files.
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file next to ``path``, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
+# Files (written with jasper.core.disk.atomic_write: temporary file, fsync, atomic rename, fsync the folder).
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
 
 
 def _read_json(path: Path) -> dict | None:

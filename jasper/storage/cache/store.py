@@ -12,8 +12,8 @@ import numpy as np
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from jasper.core.disk import atomic_write, exclusive
 from jasper.models.encoders import check_finite, encode_all
-from jasper.models.model_files import exclusive
 from jasper.storage.cache.format import (
     CORPUS_FILE,
     FORMAT,
@@ -23,10 +23,9 @@ from jasper.storage.cache.format import (
     SHARD,
     SHARD_ROWS,
     CacheMismatch,
-    _atomic_write,
-    _hash_bytes,
     _read_json,
     _write_json,
+    array_digest,
     corpus_key,
     fingerprint,
     refusal,
@@ -34,7 +33,7 @@ from jasper.storage.cache.format import (
     text_ids,
 )
 from jasper.storage.cache.reader import CacheReader
-from jasper.storage.cache.verify import _verify_teacher, check_shard_files
+from jasper.storage.cache.verify import check_shard_files, verify_teacher
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class TeacherCache:
                 )
             return ids
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / IDS_FILE, lambda f: np.save(f, ids))
+        atomic_write(self.root / IDS_FILE, lambda f: np.save(f, ids))
         info = {"format": FORMAT, "corpus": key, "rows": len(ids), "shard_rows": int(shard_rows)}
         _write_json(self.root / CORPUS_FILE, {**info, **(stats or {})})
         return ids
@@ -148,7 +147,7 @@ class TeacherCache:
                     if getattr(encoder, "normalize", True):
                         vectors = F.normalize(vectors.float(), dim=-1)
                     array = vectors.numpy().astype(dtype)
-                    _atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
+                    atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
                 self._finish(encoder, ids, shards)
         progress.close()
         if total:
@@ -167,8 +166,8 @@ class TeacherCache:
                 {
                     "file": SHARD.format(index),
                     "rows": stop - start,
-                    "texts_hash": _hash_bytes(np.ascontiguousarray(ids[start:stop], dtype="<u8")),
-                    "vectors_hash": _hash_bytes(array),
+                    "texts_hash": array_digest(np.ascontiguousarray(ids[start:stop], dtype="<u8")),
+                    "vectors_hash": array_digest(array),
                 }
             )
         manifest = {
@@ -224,5 +223,5 @@ class TeacherCache:
                     f"{folder.name}/{MANIFEST}: missing, unfinished build ({done} shard(s)); run precompute again"
                 )
                 continue
-            problems += _verify_teacher(folder, manifest, ids, corpus)
+            problems += verify_teacher(folder, manifest, ids, corpus)
         return problems

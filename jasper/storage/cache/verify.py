@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.storage.cache.format import MANIFEST, _hash_bytes
+from jasper.storage.cache.format import MANIFEST, array_digest
 
 
 class CacheDamaged(ValueError):
@@ -32,7 +32,7 @@ def check_shard_files(folder: Path, manifest: dict) -> None:
             else:
                 if array.shape != (entry["rows"], dim):
                     problem = f"has shape {array.shape}, the manifest says {(entry['rows'], dim)}"
-                elif _hash_bytes(array) != entry["vectors_hash"]:
+                elif array_digest(array) != entry["vectors_hash"]:
                     problem = "differs from the manifest's digest (corrupted bytes)"
         if problem:
             raise CacheDamaged(
@@ -42,7 +42,7 @@ def check_shard_files(folder: Path, manifest: dict) -> None:
             )
 
 
-def _verify_teacher(folder: Path, manifest: dict, ids: np.ndarray, corpus: dict) -> list[str]:
+def verify_teacher(folder: Path, manifest: dict, ids: np.ndarray, corpus: dict) -> list[str]:
     problems = []
     dim = manifest["teacher"]["dim"]
     if manifest["rows"] != corpus["rows"] or manifest["corpus"] != corpus["corpus"]:
@@ -65,9 +65,9 @@ def _verify_teacher(folder: Path, manifest: dict, ids: np.ndarray, corpus: dict)
             continue
         if array.shape != (rows, dim):
             problems.append(f"{name}: shape {array.shape}, manifest says {(rows, dim)}")
-        if _hash_bytes(array) != entry["vectors_hash"]:
+        if array_digest(array) != entry["vectors_hash"]:
             problems.append(f"{name}: vectors hash differs from the manifest (corrupted or replaced)")
-        if _hash_bytes(np.ascontiguousarray(ids[start : start + rows], dtype="<u8")) != entry["texts_hash"]:
+        if array_digest(np.ascontiguousarray(ids[start : start + rows], dtype="<u8")) != entry["texts_hash"]:
             problems.append(f"{name}: texts hash differs (rows no longer belong to the same texts)")
         bad = sum(
             int((~np.isfinite(array[s : s + 8192])).any(axis=1).sum()) for s in range(0, len(array), 8192)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from jasper.core.losses import DistillLoss
 from jasper.core.metrics import teacher_fidelity
 from jasper.models.student import FC1, Student
+from jasper.storage.checkpoints import HEADS_TRAINED
 
 
 class DistillModule(L.LightningModule):
@@ -48,8 +49,6 @@ class DistillModule(L.LightningModule):
         self.student.requires_grad_(False)
         for parameter in self.trainable_parameters():
             parameter.requires_grad_(True)
-        # An encoder none of whose parameters train runs without autograd (and in eval mode, see below).
-        self.student.encoder_frozen = not any(p.requires_grad for p in self.student.encoder.parameters())
         self._val_outputs: list[tuple[dict[str, Tensor], Tensor]] = []
 
     # What a stage decides.
@@ -127,6 +126,17 @@ class DistillModule(L.LightningModule):
         )  # every leaf (W, n, ...)
         size = len(self.trainer.val_dataloaders.dataset)
         return [apply_to_collection(gathered, Tensor, lambda x: x.transpose(0, 1).flatten(0, 1)[:size].cpu())]
+
+    def on_train_start(self) -> None:
+        # The record of trained heads follows what trains: saved with student.pt and with every checkpoint.
+        self.student.heads_trained |= {
+            name
+            for name, head in self.student.heads.items()
+            if any(p.requires_grad for p in head.parameters())
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[HEADS_TRAINED] = sorted(self.student.heads_trained, key=int)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A frozen encoder stays in eval mode: dropout off, so its features are a fixed function of the text.

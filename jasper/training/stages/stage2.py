@@ -16,7 +16,7 @@ class Stage2(Stage1):
         layers = len(student.layers)
         if not 1 <= unfreeze_layers <= layers:
             raise ValueError(
-                f"stage.module.unfreeze_layers={unfreeze_layers} but the student has {layers} layers: choose 1..{layers}"
+                f"stages.stage2.module.unfreeze_layers={unfreeze_layers} but the student has {layers} layers: choose 1..{layers}"
             )
         self.unfreeze_layers = unfreeze_layers  # read by trainable_parameters() during the base __init__
         super().__init__(student, loss, **kwargs)

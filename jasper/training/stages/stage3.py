@@ -47,10 +47,10 @@ class Stage3(DistillModule):
                 "stage 3 trains the MRL heads but model.mrl_dims is empty: set e.g. model.mrl_dims=[1024,512,256]"
             )
         if head_init not in ("fc1_prefix", "random"):
-            raise ValueError(f"stage.module.head_init={head_init!r}: choose fc1_prefix or random")
+            raise ValueError(f"stages.stage3.module.head_init={head_init!r}: choose fc1_prefix or random")
         if head_teacher not in ("teacher", "fc1"):
             raise ValueError(f"stages.stage3.module.head_teacher={head_teacher!r}: choose teacher or fc1")
-        if loss.weights["sim"] == 0 and loss.weights["resim"] == 0:
+        if loss.weights["similarity"] == 0 and loss.weights["relative_similarity"] == 0:
             raise ValueError(
                 "stage 3 trains the MRL heads with the in-batch losses only (the cosine loss needs the teacher's "
                 "width), but loss.similarity and loss.relative_similarity are both 0, so the heads would learn "

@@ -1,0 +1,112 @@
+"""The one assembly of a run's parts from its config: teachers, student (with its tower) and data, for training
+(:func:`jasper.training.run.build`), the fidelity report (``report.py``) and ``precompute.py``, with the same seed,
+the same texts and the same teacher cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from jasper.models.student import Student
+from jasper.models.teachers import TeacherEnsemble
+from jasper.models.vision import VisionTower, load_vision_weights
+from jasper.storage.checkpoints import load_student_weights, resolve_init_from
+
+
+def _check_stage(cfg: DictConfig) -> None:
+    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
+    if cfg.stage not in available:
+        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
+
+
+def stage_settings(cfg: DictConfig) -> DictConfig:
+    """The running stage's settings, ``stages.stage<stage>``: the one place Python reads them; everything else
+    receives what it needs from them (``stage_settings`` in the YAML is a view for interpolations)."""
+    _check_stage(cfg)
+    return cfg.stages[f"stage{cfg.stage}"]
+
+
+def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
+    """The stage's own data when it names one (stage 4: ``images=``, image-caption pairs), else ``data=`` (the text
+    corpus of stages 1-3), so one multirun chains all four stages, each on its kind of data."""
+    if "data" not in settings:
+        return cfg.data
+    if settings.data is None or "_target_" not in settings.data:  # debug=fast alone adds images.max_pairs
+        raise ValueError(
+            f"stage {cfg.stage} trains on image-caption pairs but none are selected: add images=synthetic_shapes "
+            "(offline), images=folder images.source.root=DIR or images=infinity_mm (conf/images/)"
+        )
+    return settings.data
+
+
+def build_tower(settings: DictConfig, student: Student, stage: int) -> VisionTower | None:
+    """The stage's vision tower (``stages.stage<N>.vision``, stage 4: from ``vision=``) in the student's input
+    space, continued from ``vision_init_from`` when set; None for a stage without one."""
+    if "vision" not in settings:
+        return None
+    if settings.vision is None:
+        raise ValueError(
+            f"stage {stage} needs a vision tower but no vision config is selected for model "
+            f"{student.model_name_or_path}: add vision=tiny (or vision=siglip_so400m) to the command line"
+        )
+    tower = instantiate(settings.vision)
+    if not isinstance(tower, VisionTower):  # the configs' _partial_ tower: it takes the student's hidden size
+        tower = tower(embed_dim=student.encoder.config.hidden_size)
+    if settings.get("vision_init_from"):
+        load_vision_weights(tower, settings.vision_init_from)
+    return tower
+
+
+@dataclass
+class Parts:
+    """What :func:`assemble` builds: the stage's settings, the teachers, the student (None for precompute), the
+    stage's vision tower (stage 4) and the data module."""
+
+    settings: DictConfig
+    teachers: TeacherEnsemble
+    student: Student | None
+    tower: VisionTower | None
+    datamodule: L.LightningDataModule
+
+
+def assemble(cfg: DictConfig, student: bool = True, init_from: int | None = 1) -> Parts:
+    """The run's parts, seeded by ``cfg.seed`` before anything random is drawn (the same FC1 and heads in every
+    command). ``student=False``: teachers and texts only (precompute). ``init_from``: the first stage this job
+    changes (:func:`jasper.training.sweeps.first_stage_changed`) to resolve ``stages.stageN.init_from``, or None
+    for the untrained init with plain text data (the fidelity report's baseline)."""
+    settings = stage_settings(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    teachers = instantiate(cfg.teachers)
+    if not student:
+        data = instantiate(cfg.data, teachers=teachers, tokenize=None, batch_size=settings.batch_size)
+        return Parts(settings, teachers, None, None, data)
+    model = instantiate(cfg.model, fc1_dim=teachers.dim)
+    if init_from is None:
+        data = instantiate(
+            cfg.data, teachers=teachers, tokenize=model.tokenize, batch_size=settings.batch_size
+        )
+        return Parts(settings, teachers, model, None, data)
+    start = resolve_init_from(
+        settings.init_from, cfg.stage, cfg.paths.output_dir, cfg.paths.run_dir, init_from
+    )
+    if start is not None:
+        load_student_weights(model, start)
+    tower = build_tower(settings, model, cfg.stage)
+    extra: dict[str, Any] = {}
+    # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
+    if settings.get("feature_cache", False):
+        extra["features"] = model
+    if tower is not None:  # image data: the tower's own preprocessing
+        extra["transform"] = tower.transform
+    data = instantiate(
+        stage_data(cfg, settings),
+        teachers=teachers,
+        tokenize=model.tokenize,
+        batch_size=settings.batch_size,
+        **extra,
+    )
+    return Parts(settings, teachers, model, tower, data)
