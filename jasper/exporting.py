@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from jasper.core.tables import load_json, markdown_table
 from jasper.models.packaged import packaged_minilm
 from jasper.models.student import FC1, Student
 from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
-from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student
+from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student, stage_number
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +254,7 @@ def student_scores(ckpt: str | Path) -> list:
     """This student's rows of the evaluation tables of its run (``<run>/eval/*/results.json``, as
     ``python evaluate.py run_name=RUN`` writes them), or none: a stage folder's student is the table's ``stageN``
     model (or its path under the run, for sweep jobs)."""
-    stage = next((p for p in [Path(ckpt), *Path(ckpt).parents] if re.fullmatch(r"stage\d+", p.name)), None)
+    stage = next((p for p in [Path(ckpt), *Path(ckpt).parents] if stage_number(p.name) is not None), None)
     if stage is None:
         return []
     for run in list(stage.parents)[:3]:

@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import time
+from pathlib import Path
 
 from jasper.storage.checkpoints import resolve_init_from
 from jasper.training.sweeps import first_stage_changed, readable_subdir, summarise, write_job_metrics
@@ -29,10 +30,27 @@ def test_job_folders_are_readable():
 def test_which_stage_the_overrides_change():
     excluded = ["stage", "run_name"]
     assert first_stage_changed(["stage=3", "run_name=r"], excluded) > 3
-    assert first_stage_changed(["stage=3", "model.mrl_dims=[256]"], excluded) == 3
+    first_uses = {"model.mrl_dims": 3}  # conf/stages/3.yaml's first_uses (test_stage3_declares_the_head_keys)
+    assert first_stage_changed(["stage=3", "model.mrl_dims=[256]"], excluded, first_uses) == 3
+    assert first_stage_changed(["stage=3", "model.mrl_dims=[256]"], excluded) == 1  # undeclared: every stage
     assert first_stage_changed(["stages.stage3.module.optimizer.lr=1e-4", "paths.run_dir=x"], excluded) == 3
-    assert first_stage_changed(["stages.stage2.steps=5", "model.mrl_dims=[256]"], excluded) == 2
-    assert first_stage_changed(["loss.similarity=100"], excluded) == 1
+    assert first_stage_changed(["stages.stage2.steps=5", "model.mrl_dims=[256]"], excluded, first_uses) == 2
+    assert first_stage_changed(["loss.similarity=100"], excluded, first_uses) == 1
+
+
+def test_stage3_declares_the_head_keys_it_uses_first():
+    from hydra import compose, initialize_config_dir
+
+    import jasper.training.resolvers  # noqa: F401  (the ${packaged_minilm:} resolver)
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train")
+    assert {name: list(s.first_uses) for name, s in cfg.stages.items()} == {
+        "stage1": [],
+        "stage2": [],
+        "stage3": ["model.mrl_dims", "model.mrl_mode"],
+        "stage4": [],
+    }
 
 
 def test_a_swept_job_starts_from_the_runs_previous_stage_when_it_may(tmp_path, caplog):

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -335,14 +336,34 @@ class TeacherEnsemble:
     def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
         """``(N, sum of teacher dims)`` float32 vectors; raises on NaN/inf so bad vectors never reach training."""
         parts = []
-        for teacher, weight in zip(self.teachers, self.weights, strict=True):
+        for teacher in self.teachers:
             with tqdm(
                 total=len(texts), desc=f"teacher {teacher.name}", unit="text", disable=not show_progress
             ) as bar:
                 part = encode_all(teacher, texts, self.batch_size, bar)
             check_finite(part, teacher.name)
-            parts.append(weight * F.normalize(part, dim=-1))
-        return F.normalize(torch.cat(parts, dim=-1), dim=-1)
+            parts.append(part.float().cpu().numpy())
+        return torch.from_numpy(ensemble_vectors(parts, self.weights))
+
+
+def unit_rows(array: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (as ``F.normalize``: eps 1e-12)."""
+    return array / np.maximum(np.sqrt(np.einsum("ij,ij->i", array, array)), 1e-12)[:, None]
+
+
+def ensemble_vectors(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The teachers' target, the one formula for vectors encoded now (:class:`TeacherEnsemble`) and read from the
+    cache (:class:`jasper.storage.cache.CacheReader`): each teacher's ``(N, d_k)`` rows normalised and scaled by its
+    weight, concatenated, normalised again. One teacher: its unit rows (a single weight changes nothing).
+
+    >>> a, b = np.array([[3.0, 4.0]]), np.array([[0.0, 2.0]])
+    >>> ensemble_vectors([a, b], [1.0, 1.0]).round(4).tolist()
+    [[0.4243, 0.5657, 0.0, 0.7071]]
+    """
+    units = [unit_rows(part) for part in parts]
+    if len(units) == 1:
+        return units[0]
+    return unit_rows(np.concatenate([w * u for w, u in zip(weights, units, strict=True)], axis=-1))
 
 
 def check_weights(weights: Sequence[float] | None, names: Sequence[str]) -> list[float]:

@@ -4,6 +4,7 @@ back (``student.pt``, a Lightning ``.ckpt`` or a DeepSpeed directory) for export
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,21 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "student.pt"
 # Beside an exported sentence-transformers folder: its heads (jasper.exporting).
 EXPORT_FILE = "jasper_export.json"
+STAGE_NAME = re.compile(r"stage(\d+)")
 HEADS_TRAINED = "heads_trained"  # in student.pt and in every Lightning checkpoint of a stage
+
+
+def stage_folder(stage: int) -> str:
+    """The name of stage ``stage``'s folder in a run (``stage3``), and of its settings in the config
+    (``stages.stage3``)."""
+    return f"stage{stage}"
+
+
+def stage_number(name: str) -> int | None:
+    """The stage a folder or a ``stages`` key names (``stage3`` -> 3), None for any other name: the one parser of
+    stage names."""
+    match = STAGE_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def save_student(student: Student, path: str | Path) -> None:
@@ -148,7 +163,8 @@ def stage_students(run_dir: str | Path) -> list[tuple[str, Path]]:
     """``(stageN, student.pt)`` for every stage of the run that has finished, in stage order (a sweep's jobs
     nest their stage folders one level deeper: the name is then the path under the run)."""
     run_dir = Path(run_dir)
-    found = sorted(run_dir.glob(f"**/stage*/{STUDENT_FILE}"), key=lambda p: (p.parent.name, str(p)))
+    found = [p for p in run_dir.glob(f"**/stage*/{STUDENT_FILE}") if stage_number(p.parent.name) is not None]
+    found.sort(key=lambda p: (stage_number(p.parent.name), str(p)))
     return [(str(p.parent.relative_to(run_dir)), p) for p in found]
 
 
@@ -198,11 +214,11 @@ def resolve_init_from(
         return Path(init_from)
     if stage_index <= 1:
         return None
-    previous = Path(output_dir).parent / f"stage{stage_index - 1}" / STUDENT_FILE
+    previous = Path(output_dir).parent / stage_folder(stage_index - 1) / STUDENT_FILE
     if previous.is_file():
         log.info("stage %d starts from %s (the previous stage beside it)", stage_index, previous)
         return previous
-    runs = Path(run_dir) / f"stage{stage_index - 1}" / STUDENT_FILE if run_dir is not None else None
+    runs = Path(run_dir) / stage_folder(stage_index - 1) / STUDENT_FILE if run_dir is not None else None
     if runs is not None and first_changed >= stage_index and runs.is_file():
         log.info(
             "stage %d starts from %s: the run's stage %d (this job's overrides change no stage below %d)",

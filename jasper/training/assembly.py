@@ -14,11 +14,11 @@ from omegaconf import DictConfig
 from jasper.models.student import Student
 from jasper.models.teachers import TeacherEnsemble
 from jasper.models.vision import VisionTower, load_vision_weights
-from jasper.storage.checkpoints import load_student_weights, resolve_init_from
+from jasper.storage.checkpoints import load_student_weights, resolve_init_from, stage_folder, stage_number
 
 
 def _check_stage(cfg: DictConfig) -> None:
-    available = sorted(int(key.removeprefix("stage")) for key in cfg.stages)
+    available = sorted(stage_number(key) for key in cfg.stages)
     if cfg.stage not in available:
         raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
 
@@ -27,7 +27,7 @@ def stage_settings(cfg: DictConfig) -> DictConfig:
     """The running stage's settings, ``stages.stage<stage>``: the one place Python reads them; everything else
     receives what it needs from them (``stage_settings`` in the YAML is a view for interpolations)."""
     _check_stage(cfg)
-    return cfg.stages[f"stage{cfg.stage}"]
+    return cfg.stages[stage_folder(cfg.stage)]
 
 
 def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:

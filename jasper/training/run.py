@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from jasper.core.losses import SETTINGS, DistillLoss
-from jasper.storage.checkpoints import resolve_ckpt_path
+from jasper.storage.checkpoints import resolve_ckpt_path, stage_number
 from jasper.training.assembly import assemble, stage_settings
 from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 
@@ -96,7 +96,7 @@ def stage_loss(loss: DictConfig, weights: DictConfig | None, stage: int) -> Dist
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """The stage module, its data and its trainer, as the config describes them (nothing is fitted yet; ``validate``
     has checked the config)."""
-    parts = assemble(cfg, init_from=job_first_stage_changed())
+    parts = assemble(cfg, init_from=job_first_stage_changed(cfg))
     settings = parts.settings
     module_extra = {"vision": parts.tower} if parts.tower is not None else {}
     loss = stage_loss(cfg.loss, settings.get("loss"), cfg.stage)
@@ -124,13 +124,18 @@ def oom_message(cfg: DictConfig) -> str:
     )
 
 
-def job_first_stage_changed() -> int:
+def job_first_stage_changed(cfg: DictConfig) -> int:
     """Under a Hydra multirun, the first stage this job's overrides change (`jasper.training.sweeps.first_stage_changed`);
     1 otherwise (a single run's stage folder already sits beside the previous stage's)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return 1
     hydra = HydraConfig.get()
-    return first_stage_changed(hydra.overrides.task, hydra.job.config.override_dirname.exclude_keys)
+    first_uses = {
+        key: stage_number(name) for name, s in cfg.stages.items() for key in s.get("first_uses", ())
+    }
+    return first_stage_changed(
+        hydra.overrides.task, hydra.job.config.override_dirname.exclude_keys, first_uses
+    )
 
 
 def job_overrides() -> list[str]:

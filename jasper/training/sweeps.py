@@ -23,14 +23,14 @@ from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from jasper.storage.checkpoints import stage_folder, stage_number
+
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 ITEM_SEP = "__"  # hydra.job.config.override_dirname.item_sep in conf/train.yaml: values hold commas, keys "+"
 FOLDER_SEP = "+"  # between the overrides of a folder name
 MAX_NAME = 100
 UNSAFE = re.compile(r"[\[\]{}()'\" ]")  # dropped from override values in folder names
-# Keys that only matter from a given stage on: the MRL heads are trained (and read) from stage 3 only.
-STAGE_OF_KEY = {"model.mrl_dims": 3, "model.mrl_mode": 3}
 NEUTRAL = (
     "paths.",
     "callbacks.",
@@ -47,7 +47,7 @@ def readable_subdir(override_dirname: str, stage: int) -> str:
     """A multirun job's folder: ``stage<k>`` under its other overrides written short (``mrl_dims=128,64``; the
     last part of each key, the whole key when two would read alike), or under a hash of them when too long."""
     if not override_dirname:
-        return f"stage{stage}"
+        return stage_folder(stage)
     items = [item.partition("=")[::2] for item in override_dirname.split(ITEM_SEP)]
     short = [key.split(".")[-1] for key, _ in items]
     parts = []
@@ -59,20 +59,25 @@ def readable_subdir(override_dirname: str, stage: int) -> str:
     if len(folder) > MAX_NAME:
         digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
         folder = f"{folder[: MAX_NAME - 9]}-{digest}"
-    return f"{folder}/stage{stage}"
+    return f"{folder}/{stage_folder(stage)}"
 
 
-def first_stage_changed(overrides: Sequence[str], excluded: Sequence[str] = ()) -> int:
-    """The first stage a job's overrides change: ``stages.stageN.*`` changes stage N, the MRL head keys stage 3
-    (`STAGE_OF_KEY`), anything else every stage (1). Keys in ``excluded`` (``stage``, ``run_name``, ...) and under
-    `NEUTRAL` (``paths.*``, ...) change no stage's weights. With no overrides: a large number."""
+def first_stage_changed(
+    overrides: Sequence[str], excluded: Sequence[str] = (), first_uses: Mapping[str, int] | None = None
+) -> int:
+    """The first stage a job's overrides change: ``stages.stageN.*`` changes stage N, a key of ``first_uses`` the
+    stage that first uses it (each stage's ``first_uses`` in conf/stages/: the MRL head keys, stage 3), anything
+    else every stage (1). Keys in ``excluded`` (``stage``, ``run_name``, ...) and under `NEUTRAL` (``paths.*``, ...)
+    change no stage's weights. With no overrides: a large number."""
+    first_uses = first_uses or {}
     first = math.inf
     for override in overrides:
         key = _key(override)
         if key in excluded or key.startswith(NEUTRAL):
             continue
-        match = re.match(r"stages\.stage(\d+)\.", key)
-        first = min(first, int(match.group(1)) if match else STAGE_OF_KEY.get(key, 1))
+        parts = key.split(".")
+        stage = stage_number(parts[1]) if parts[0] == "stages" and len(parts) > 2 else None
+        first = min(first, stage or first_uses.get(key, 1))
     return int(first) if first != math.inf else 10**6
 
 

@@ -9,12 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jasper.models.teachers import ensemble_vectors
 from jasper.storage.cache.format import IDS_FILE, SHARD, CacheMismatch
-
-
-def _unit(array: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (as ``F.normalize``: eps 1e-12), in numpy: cheap for a few rows."""
-    return array / np.maximum(np.sqrt(np.einsum("ij,ij->i", array, array)), 1e-12)[:, None]
 
 
 class CacheReader:
@@ -76,7 +72,7 @@ class CacheReader:
         shard, offset = np.divmod(rows, self.shard_rows)
         shards = np.unique(shard)
         parts = []
-        for teacher, (dim, weight) in enumerate(zip(self.dims, self.weights, strict=True)):
+        for teacher, dim in enumerate(self.dims):
             if len(shards) == 1:  # the common case of one row, or rows of one shard: no masks
                 part = np.asarray(self._shard(teacher, int(shards[0]))[offset], dtype=np.float32)
             else:
@@ -84,10 +80,11 @@ class CacheReader:
                 for s in shards:
                     where = shard == s
                     part[where] = self._shard(teacher, int(s))[offset[where]]
-            parts.append(weight * _unit(part) if self.normalize else part)
-        vectors = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-        if self.normalize and len(parts) > 1:
-            vectors = _unit(vectors)
+            parts.append(part)
+        if self.normalize:
+            vectors = ensemble_vectors(parts, self.weights)
+        else:
+            vectors = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         vectors = torch.from_numpy(vectors)
         return vectors[0] if single else vectors
 
