@@ -33,7 +33,7 @@ def _child(rows: int, reads: int) -> dict:
 
     torch.set_num_threads(1)
 
-    from jasper.data.datamodule import CachedRows
+    from jasper.data.text_dataset import CachedRows
     from jasper.storage.cache import TeacherCache
 
     class Synthetic:

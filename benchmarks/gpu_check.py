@@ -237,7 +237,7 @@ def build_run(cfg, texts: list[str], cuda: bool):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from jasper.models.teachers import TeacherEnsemble
+    from jasper.models.ensemble import TeacherEnsemble
     from jasper.training.run import check_accelerator
 
     check_accelerator(cfg)
@@ -834,7 +834,7 @@ def phase_loader(out: Path, work: Path, settings: dict, tokenizer: str, budget: 
     import numpy as np
     from transformers import AutoTokenizer
 
-    from jasper.models.teachers import TeacherEnsemble
+    from jasper.models.ensemble import TeacherEnsemble
     from jasper.storage.cache import TeacherCache
 
     texts = json.loads((work / "texts.json").read_text())

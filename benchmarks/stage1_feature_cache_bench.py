@@ -44,9 +44,10 @@ def run(feature_cache: bool, args, texts, cache_dir) -> tuple[float, float]:
 
     from jasper.core.losses import DistillLoss
     from jasper.data.datamodule import TextDistillDataModule
+    from jasper.models.ensemble import TeacherEnsemble
     from jasper.models.packaged import packaged_minilm
     from jasper.models.student import Student
-    from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
+    from jasper.models.teachers import HuggingFaceTeacher
     from jasper.training.stages.stage1 import Stage1
 
     path = packaged_minilm()

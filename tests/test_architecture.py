@@ -124,3 +124,78 @@ def test_imports_inside_functions_say_why():
                 if not any("#" in line for line in block) and not lines[first - 1].strip().startswith("#"):
                     silent.append(f"{path.relative_to(REPO)}:{sub.lineno}: {lines[sub.lineno - 1].strip()}")
     assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(silent)
+
+
+MAX_LINES = 360  # "a reader can hold one file in their head" (nanoGPT): split a module before it passes this
+
+
+def layer_modules() -> dict[int, list[str]]:
+    """Layer index -> the modules in it, as ``jasper/data/`` files relative to the repo."""
+    found: dict[int, list[str]] = {}
+    for path in source_files():
+        if path == REPO / "jasper" / "__init__.py":
+            continue
+        found.setdefault(layer_of(module_name(path)), []).append(str(path.relative_to(REPO)))
+    return found
+
+
+def layer_diagram() -> str:
+    """The layers and the imports between them, read off the source: a mermaid flowchart (GitHub draws it) with an
+    arrow from each layer to every layer it imports from. docs/architecture.md holds it verbatim
+    (``python tests/test_architecture.py`` prints it)."""
+    edges = set()
+    for name, imported in graph().items():
+        if name == "jasper":
+            continue
+        for target in imported:
+            if layer_of(target) != layer_of(name):
+                edges.add((layer_of(name), layer_of(target)))
+    modules = layer_modules()
+    lines = ["```mermaid", "flowchart TD"]
+    for index, (label, _) in enumerate(LAYERS):
+        shown = " ".join(
+            sorted(
+                {
+                    m if m.count("/") < 2 else m.split("/")[0] + "/" + m.split("/")[1] + "/"
+                    for m in modules.get(index, [])
+                }
+            )
+        )
+        lines.append(f'    L{index}["{label}: {shown}"]')
+    lines += [f"    L{a} --> L{b}" for a, b in sorted(edges, reverse=True)]
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def test_every_module_lives_in_a_layer_folder():
+    """No flat modules beside the layers: a file's folder is its layer (jasper/exporting.py is the export layer)."""
+    loose = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "jasper").glob("*.py")
+        if p.name not in ("__init__.py", "exporting.py")
+    ]
+    assert not loose, f"modules outside the layer folders: {loose}"
+    for path in (REPO / "jasper").rglob("*.py"):
+        if path != REPO / "jasper" / "__init__.py":
+            layer_of(module_name(path))  # raises for a folder that is no layer
+
+
+def test_modules_stay_small():
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in (REPO / "jasper").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def test_the_architecture_doc_shows_the_layers_as_the_code_has_them():
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    assert layer_diagram() in doc, (
+        "docs/architecture.md's layer diagram differs from the imports: replace it with the output of "
+        "python tests/test_architecture.py"
+    )
+
+
+if __name__ == "__main__":
+    print(layer_diagram())

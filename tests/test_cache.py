@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from jasper.core.disk import exclusive
-from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.models.ensemble import TeacherEnsemble
+from jasper.models.teachers import HuggingFaceTeacher
 from jasper.storage.cache import CacheMismatch, TeacherCache, text_ids, verify_cache_dir, verify_tree
 from jasper.storage.cache.format import LOCK
 

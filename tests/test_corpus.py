@@ -5,7 +5,8 @@ import pytest
 
 from jasper.data.corpus import EnglishProse, filter_texts, gcide_texts, normalise, reject_reason
 from jasper.data.datamodule import TextDistillDataModule
-from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.models.ensemble import TeacherEnsemble
+from jasper.models.teachers import HuggingFaceTeacher
 
 PROSE = "The small and nearly cubical stone building toward which all must pray."
 

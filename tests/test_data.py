@@ -8,7 +8,8 @@ from jasper.data.augment import augment, chunk_sentences, split_sentences
 from jasper.data.datamodule import TextDistillDataModule, clean_rows, split_held_out
 from jasper.data.files import LocalFiles, RejectedRow
 from jasper.data.sources import TextFiles
-from jasper.models.teachers import HuggingFaceTeacher, TeacherEnsemble
+from jasper.models.ensemble import TeacherEnsemble
+from jasper.models.teachers import HuggingFaceTeacher
 
 TEXT = "One sentence here. Two is next! Is three a question? Four ends it. Five. Six. Seven. Eight. Nine. Ten. Eleven."
 

@@ -6,13 +6,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
+from jasper.models.encoders import check_finite
+from jasper.models.ensemble import TeacherEnsemble
 from jasper.models.student import Student
-from jasper.models.teachers import (
-    HuggingFaceTeacher,
-    SentenceTransformerTeacher,
-    TeacherEnsemble,
-    check_finite,
-)
+from jasper.models.teachers import HuggingFaceTeacher, SentenceTransformerTeacher
 from jasper.storage.cache import fingerprint
 from jasper.training.precompute import precompute
 from jasper.training.run import build

@@ -9,10 +9,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from jasper.data.augment import augment as augment_texts
 from jasper.data.batching import (
@@ -22,9 +21,10 @@ from jasper.data.batching import (
     ResumableDataLoader,
 )
 from jasper.data.files import RejectedRow
+from jasper.data.text_dataset import CachedRows, Collator, DistillTextDataset
 from jasper.models.encoders import check_finite, encode_all
-from jasper.models.teachers import TeacherEnsemble
-from jasper.storage.cache import SHARD_ROWS, CacheReader, PooledFeatures, TeacherCache, text_ids
+from jasper.models.ensemble import TeacherEnsemble
+from jasper.storage.cache import SHARD_ROWS, PooledFeatures, TeacherCache, text_ids
 
 log = logging.getLogger(__name__)
 PLACES_SHOWN = 5  # file:line places logged per rejection reason
@@ -74,80 +74,6 @@ def split_held_out(texts: Sequence[str], count: int) -> tuple[list[str], list[st
         raise ValueError(f"data.val_texts={count} leaves no training text out of {len(texts)}; lower it")
     held = set(sorted(texts, key=text_key)[:count])
     return [t for t in texts if t not in held], [t for t in texts if t in held]
-
-
-class CachedRows:
-    """Rows of a ``CacheReader`` in the order of a dataset: ``rows[i]`` is the cache row of the dataset's text ``i``.
-
-    Read on demand from memory-mapped shards, so a dataset of any size holds only its row numbers.
-    """
-
-    def __init__(self, reader: CacheReader, rows: np.ndarray) -> None:
-        self.reader = reader
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.reader[int(self.rows[index])]
-
-    def many(self, indices: Sequence[int]) -> Tensor:
-        """Rows of several indices in one read (a DataLoader batch)."""
-        return self.reader[self.rows[np.asarray(indices, dtype=np.int64)]]
-
-    def tensor(self) -> Tensor:
-        """Every row at once (small sets only: the held-out texts, tests)."""
-        return self.reader[self.rows]
-
-
-class DistillTextDataset(Dataset):
-    """Row ``i`` is ``(texts[i], teacher_vectors[i])``, plus ``features[i]`` (the frozen encoder's pooled state)
-    when a stage-1 feature cache is on: a text always travels with its own vectors."""
-
-    def __init__(
-        self,
-        texts: Sequence[str],
-        teacher_vectors: Tensor | CachedRows,
-        features: Tensor | CachedRows | None = None,
-    ) -> None:
-        for name, table in [("teacher vectors", teacher_vectors), ("features", features)]:
-            if table is not None and len(texts) != len(table):
-                raise ValueError(f"{len(texts)} texts but {len(table)} {name}: they must align 1:1")
-        self.texts = list(texts)
-        self.teacher_vectors = teacher_vectors
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, index: int) -> tuple:
-        row = (self.texts[index], self.teacher_vectors[index])
-        return row if self.features is None else (*row, self.features[index])
-
-    def __getitems__(self, indices: list[int]) -> list[tuple]:
-        """A whole DataLoader batch at once: one batched read per cached table instead of one per row."""
-        columns = [[self.texts[i] for i in indices]]
-        for table in (self.teacher_vectors, self.features):
-            if table is None:
-                continue
-            columns.append(table.many(indices) if isinstance(table, CachedRows) else table[indices])
-        return list(zip(*columns, strict=True))
-
-
-class Collator:
-    """Tokenised texts plus ``teacher``; rows with cached features get ``features`` instead of tokens."""
-
-    def __init__(self, tokenize: Callable[[Sequence[str]], dict[str, Tensor]]) -> None:
-        self.tokenize = tokenize
-
-    def __call__(self, rows: list[tuple]) -> dict[str, Tensor]:
-        if len(rows[0]) == 3:  # stage 1 on cached features: the encoder never runs, so no tokens
-            batch = {"features": torch.stack([row[2] for row in rows])}
-        else:
-            batch = dict(self.tokenize([row[0] for row in rows]))
-        batch["teacher"] = torch.stack([row[1] for row in rows])
-        return batch
 
 
 class TextDistillDataModule(L.LightningDataModule):

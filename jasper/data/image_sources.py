@@ -32,7 +32,7 @@ class ImageFolderPairs:
     def __iter__(self) -> Iterator[Pair]:
         if not self.index.is_file():
             raise FileNotFoundError(
-                f"no index at {self.index}: images.source.root (or --folder) must hold {self.index.name} "
+                f"no index at {self.index}: images.source.root (or eval.images.folder) must hold {self.index.name} "
                 f"(rows with '{self.image_key}' and '{self.caption_key}')"
             )
         with self.index.open(encoding="utf-8", newline="") as f:

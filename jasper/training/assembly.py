@@ -11,8 +11,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from jasper.models.ensemble import TeacherEnsemble
 from jasper.models.student import Student
-from jasper.models.teachers import TeacherEnsemble
 from jasper.models.vision import VisionTower, load_vision_weights
 from jasper.storage.checkpoints import load_student_weights, resolve_init_from, stage_folder, stage_number
 

@@ -1,5 +1,5 @@
-"""The cache's commands: ``python precompute.py`` (:func:`precompute`; ``verify=true``: the run's cache) and
-``python precompute.py verify=all`` (:func:`verify_cache_dir`: every corpus under ``paths.cache_dir``)."""
+"""Checking caches: ``python precompute.py verify=all`` (:func:`verify_cache_dir`: every corpus under
+``paths.cache_dir``) and :func:`verify_tree`, which ``verify=true`` (:mod:`jasper.training.precompute`) also uses."""
 
 from __future__ import annotations
 

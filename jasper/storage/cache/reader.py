@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jasper.models.teachers import ensemble_vectors
+from jasper.models.ensemble import ensemble_vectors
 from jasper.storage.cache.format import IDS_FILE, SHARD, CacheMismatch
 
 

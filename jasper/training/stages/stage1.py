@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from jasper.core.closed_form import ridge_fc1
 from jasper.core.losses import DistillLoss
-from jasper.data.datamodule import CachedRows
+from jasper.data.text_dataset import CachedRows
 from jasper.models.encoders import encode_all
 from jasper.models.student import FC1, Student
 from jasper.storage.cache import PooledFeatures
