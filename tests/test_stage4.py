@@ -181,35 +181,43 @@ def colour_pairs(folder: Path, shades: int, seed: int) -> list[tuple[str, str]]:
 
 def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
     """Trained on 24 noisy single-colour images, each captioned by its colour's scene ("a ripe tomato on a plate"
-    for red; MiniLM's text path, frozen), the tower retrieves the captions of 6 unseen images (new noise, one of
-    each colour): image->caption R@1 on the held-out pairs at least 0.5, against chance 1/6 (and the untrained
-    tower below that)."""
-    from jasper.evaluation.image_retrieval import pair_recall
+    for red; MiniLM's text path, frozen), the tower retrieves the captions of unseen images (new noise, one of each
+    colour, four draws of 6): image->caption R@1 averaged over the draws at least 0.5, against chance 1/6 (and the
+    untrained tower below that). Measured with ATEN_CPU_CAPABILITY avx512, avx2 and default: 0.33 before training;
+    after 40 steps 0.33 (the old budget, a knife edge: it failed on every kernel of an AVX-512 machine), 80: 0.83,
+    120: 1.0; the test trains 120."""
+    from jasper.core.metrics import pair_recall
 
     torch.manual_seed(0)
     student = Student(minilm_path, fc1_dim=64, mrl_dims=[16], num_layers=3, max_length=16)
     module = Stage4(student, DistillLoss(), tower_factory(), optimizer=partial(torch.optim.AdamW, lr=3e-3))
     train = batch_of(module, colour_pairs(tmp_path / "train", shades=4, seed=0))
-    held_out = batch_of(module, colour_pairs(tmp_path / "held_out", shades=1, seed=1))
+    held_out = [
+        batch_of(module, colour_pairs(tmp_path / f"held_out{seed}", shades=1, seed=seed))
+        for seed in (1, 2, 3, 4)
+    ]
     optimizer = module.configure_optimizers()
 
     def recall() -> tuple[float, float]:
         module.eval()
         with torch.no_grad():
-            images, captions = module(held_out), module.teacher(held_out)
+            recalls = [
+                pair_recall(module(batch)["fc1"], module.teacher(batch)["fc1"])["image->caption R@1"]
+                for batch in held_out
+            ]
             loss = float(module.losses(module(train), module.teacher(train))["total"])
         module.train()
-        return pair_recall(images["fc1"], captions["fc1"])["image->caption R@1"], loss
+        return sum(recalls) / len(recalls), loss
 
     recall_before, loss_before = recall()
-    for step in range(40):
+    for step in range(120):
         module.on_train_batch_start(train, step)
         loss = module.training_step(train, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     recall_after, loss_after = recall()
-    chance = 1 / len(held_out["captions"])
+    chance = 1 / len(held_out[0]["captions"])
     assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
     assert recall_after >= 0.5 > recall_before, (chance, recall_before, recall_after)
 
