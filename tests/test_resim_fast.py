@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import jasper.core.losses as losses
 import jasper.core.resim as resim
 from jasper.core.resim import (
     relative_similarity_loss,
@@ -108,7 +107,7 @@ def test_hinges_exactly_at_zero_are_inactive():
     g = torch.Generator().manual_seed(5)
     student = _vectors("dyadic", 12, 3, g, torch.float64)
     teacher = _vectors("normal", 12, 7, g, torch.float64)
-    s = losses.pair_similarities(student)
+    s = resim.pair_similarities(student)
     assert ((s.unsqueeze(0) - s.unsqueeze(1) + 0.25) == 0).any()
     _compare(student, teacher, 0.25, value_rtol=1e-6, grad_rtol=1e-5, grad_atol=1e-12)
 
