@@ -183,9 +183,9 @@ def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
     """Trained on 24 noisy single-colour images, each captioned by its colour's scene ("a ripe tomato on a plate"
     for red; MiniLM's text path, frozen), the tower retrieves the captions of unseen images (new noise, one of each
     colour, four draws of 6): image->caption R@1 averaged over the draws at least 0.5, against chance 1/6 (and the
-    untrained tower below that). Measured with ATEN_CPU_CAPABILITY avx512, avx2 and default: 0.33 before training;
-    after 40 steps 0.33 (the old budget, a knife edge: it failed on every kernel of an AVX-512 machine), 80: 0.83,
-    120: 1.0; the test trains 120."""
+    untrained tower below that). Measured on an AVX-512 machine: 0.33 before training and after 40 steps (the old
+    budget, failing under ATEN_CPU_CAPABILITY avx512, avx2 and default alike), 0.83 after 80, 1.0 after 120 (native
+    kernels); with 120 steps the test passes under all three settings."""
     from jasper.core.metrics import pair_recall
 
     torch.manual_seed(0)
