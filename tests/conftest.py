@@ -79,3 +79,32 @@ def corpus_file(tmp_path_factory, docstrings) -> str:
     path = tmp_path_factory.mktemp("corpus") / "texts.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docstrings))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def teacher_replicas(tmp_path_factory) -> Path:
+    """A Hugging Face cache holding the paper's teachers as tiny random stand-ins (jasper.models.replicas), under
+    their hub ids at the commits conf/teachers/nvembed_stella.yaml pins."""
+    from jasper.models.replicas import build_teacher_replicas
+
+    cache = tmp_path_factory.mktemp("hub")
+    build_teacher_replicas(cache)
+    return cache
+
+
+@pytest.fixture
+def on_teacher_replicas(teacher_replicas, monkeypatch) -> Path:
+    """This test's hub is the replicas' cache (offline, as every test): huggingface_hub reads its cache folder at
+    call time, transformers its remote-code folder (``replica_env``'s HF_MODULES_CACHE, never the user's) too;
+    subprocesses get the same through the environment."""
+    import huggingface_hub.constants
+    import transformers.dynamic_module_utils
+
+    from jasper.models.replicas import replica_env
+
+    env = replica_env(teacher_replicas)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", env["HF_MODULES_CACHE"])
+    return teacher_replicas

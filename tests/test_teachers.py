@@ -98,11 +98,34 @@ def test_a_teacher_is_a_description_until_it_encodes(minilm_path):
     assert [fingerprint(st), fingerprint(hf)] == described  # loading changes nothing in the cache key
 
 
-def test_a_wrong_configured_dim_is_caught_when_the_model_loads(tiny_bert):
+def test_a_configured_dim_its_files_contradict_stops_before_the_model_loads(tiny_bert):
+    """(A loaded model of another size than the config says: tests/test_replicas.py, whose custom-code teacher's
+    files do not tell its size.)"""
     teacher = HuggingFaceTeacher(tiny_bert, dim=48)
-    assert teacher.dim == 48
-    with pytest.raises(ValueError, match="set dim: 32"):
-        teacher.encode(["a cat"])
+    with pytest.raises(
+        ValueError, match="config gives dim: 48 but its files give a 32-d output; set dim: 32"
+    ):
+        _ = teacher.dim
+    assert not teacher.loaded and HuggingFaceTeacher(tiny_bert, dim=32).dim == 32
+
+
+def test_the_ensemble_gives_every_teacher_the_role_and_checks_the_target_size(tiny_bert, tiny_qwen2):
+    a = HuggingFaceTeacher(tiny_bert, name="a", prompts={"query": "query: ", "document": "passage: "})
+    b = HuggingFaceTeacher(tiny_qwen2, name="b", prompt="same: ")
+    assert (a.role, a.prompt, b.prompt) == ("document", "passage: ", "same: ")
+    TeacherEnsemble([a, b], role="query", target_dim=64)
+    assert (a.role, a.prompt, b.role, b.prompt) == ("query", "query: ", "query", "same: ")
+    assert torch.allclose(
+        a.encode(["a cat"]), HuggingFaceTeacher(tiny_bert).encode(["query: a cat"]), atol=1e-5
+    )
+    with pytest.raises(
+        ValueError, match=r"give a 64-d target \(a: 32, b: 32\) but teachers.target_dim is 48"
+    ):
+        TeacherEnsemble([a, b], target_dim=48)
+    with pytest.raises(ValueError, match="role 'passage' is not one of"):
+        TeacherEnsemble([a], role="passage")
+    with pytest.raises(ValueError, match=r"prompts name \['passage'\]"):
+        HuggingFaceTeacher(tiny_bert, prompts={"passage": "p: "})
 
 
 def test_a_complete_cache_trains_without_loading_any_teacher(tiny_bert, corpus_file, tmp_path, monkeypatch):

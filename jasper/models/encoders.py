@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
+from jasper.models.model_files import check_hub_id
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 CHUNK_BATCHES = 4
 """Texts handed to an encoder per call, in batches: ``encode_all`` sorts all texts longest first, then gives an
@@ -37,15 +39,38 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 # Loading.
 def check_model_path(model_name_or_path: str) -> None:
-    """A path that is clearly local (absolute, ./, ../, ~) must exist; anything else is a hub id."""
-    if (
-        str(model_name_or_path).startswith(("/", "./", "../", "~"))
-        and not Path(model_name_or_path).expanduser().exists()
-    ):
+    """A path that is clearly local (absolute, ./, ../, ~) must exist; anything else not on disk is a hub id, which
+    must be one this run can load (:func:`jasper.models.model_files.check_hub_id`: fails fast, naming it)."""
+    path = Path(model_name_or_path).expanduser()
+    if str(model_name_or_path).startswith(("/", "./", "../", "~")) and not path.exists():
         raise FileNotFoundError(
             f"model folder {model_name_or_path} does not exist: fix model_name_or_path in the student or teachers "
             "config (a local folder, or a hub id such as NovaSearch/stella_en_1.5B_v5)"
         )
+    if not path.exists():
+        check_hub_id(str(model_name_or_path))
+
+
+def tokenizer_type(tokenizer, model_type: str) -> str | None:
+    """The tokenizer's model type (``bert``) when loading a saved ``model_type`` model with this tokenizer needs it
+    named: a model built from one architecture's config with another's tokenizer (``model=qwen2_1_5b_random``:
+    Qwen2 + MiniLM's tokenizer). transformers 5 loads the tokenizer class registered for some model types (qwen2
+    among them) whatever tokenizer_config.json says; ``tokenizer_type`` overrides that. ``None`` when the folder
+    loads as it is (jasper.exporting names it in the export)."""
+    # transformers' tokenizer registry: slow to import, and only this check needs it
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    def plain(name) -> str:
+        name = next((n for n in name if n), "") if isinstance(name, tuple) else name or ""
+        return name.removesuffix("Fast")
+
+    own = plain(type(tokenizer).__name__)
+    registered = TOKENIZER_MAPPING_NAMES.get(model_type)
+    if registered is None or plain(registered) == own:
+        return None
+    kinds = [kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own]
+    named = own.removesuffix("Tokenizer").lower()  # BertTokenizer -> bert, not the first match (align)
+    return named if named in kinds else next(iter(kinds), None)
 
 
 def check_attn_implementation(attn_implementation: str | None) -> None:

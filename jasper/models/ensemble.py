@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from jasper.models.encoders import check_finite, encode_all
-from jasper.models.teachers import Teacher
+from jasper.models.teacher_base import Teacher, check_role
 
 
 class TeacherEnsemble:
@@ -22,6 +22,10 @@ class TeacherEnsemble:
     teacher k holds w_k^2 / sum(w^2) of its squared norm, and a student whose slices have those norms has a cosine
     to the target equal to the sum of its per-teacher cosines with those shares. Weights 2 and 1 make the first
     teacher four times as loud as the second in the cosine term and in the similarity terms' target.
+
+    ``role`` (``query`` / ``document``; None: each teacher keeps its own) is what the training texts are to every
+    teacher: it picks each one's prompt and is part of its cache key. ``target_dim``: the size the config expects;
+    the teachers' (read from their configs and files, nothing loaded) must add up to it, or the run stops here.
     """
 
     def __init__(
@@ -30,6 +34,8 @@ class TeacherEnsemble:
         batch_size: int = 32,
         online: bool = False,
         weights: Sequence[float] | None = None,
+        role: str | None = None,
+        target_dim: int | None = None,
     ) -> None:
         if not teachers:
             raise ValueError("no teachers configured: add at least one under teachers.teachers")
@@ -37,6 +43,13 @@ class TeacherEnsemble:
         self.batch_size = batch_size
         self.online = online  # True: encode in memory at setup, never read or write the TeacherCache
         self.weights = check_weights(weights, self.names)
+        if role is not None:
+            for teacher in self.teachers:
+                teacher.role = check_role(role, "teachers")
+        self.target_dim = target_dim
+        # Only when checked: a dim is read from files (or, when they do not tell, from the loaded model).
+        if target_dim is not None:
+            check_target_dim([(t.name, t.dim) for t in self.teachers], target_dim, "the teachers")
 
     @property
     def dim(self) -> int:
@@ -93,3 +106,23 @@ def check_weights(weights: Sequence[float] | None, names: Sequence[str]) -> list
     if bad:
         raise ValueError(f"teachers.weights must be finite and > 0: {', '.join(bad)}")
     return weights
+
+
+def check_target_dim(
+    dims: Sequence[tuple[str, int]], target_dim: int | None, source: str, fix: str | None = None
+) -> None:
+    """Stop when the teachers' ``(name, dim)`` do not add up to ``target_dim`` (None: no check), naming each size
+    and the keys to change. ``source`` says whose sizes they are (the teachers, or a cache's manifests); ``fix``
+    replaces the advice to change the teachers config (a cache built for other teachers is deleted instead)."""
+    total = sum(int(dim) for _, dim in dims)
+    if target_dim is None or total == int(target_dim):
+        return
+    sizes = ", ".join(f"{name}: {dim}" for name, dim in dims)
+    fix = fix or (
+        "select each teacher's output in the teachers config (its dim, and dense_folder for a sentence-transformers "
+        "model with several Dense heads, such as stella's 2_Dense_8192)"
+    )
+    raise ValueError(
+        f"{source} give a {total}-d target ({sizes}) but teachers.target_dim is {target_dim}: {fix}; or, if "
+        f"{total} is what you mean, set teachers.target_dim={total}"
+    )

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from jasper.core.disk import cache_home
 
@@ -61,6 +63,42 @@ def local_folder(model_name_or_path: str, revision: str | None = None) -> Path |
     except Exception as error:  # noqa: BLE001 (not in the local cache, or not a valid hub id: both mean "unknown")
         log.debug("%s is not in the local Hugging Face cache: %s", model_name_or_path, error)
         return None
+
+
+def check_hub_id(model_name_or_path: str, revision: str | None = None) -> None:
+    """Fail at once, naming the id, when ``model_name_or_path`` (not a local folder) cannot be a model this run
+    loads: not a valid hub id; offline (``HF_HUB_OFFLINE=1``) and not in the local Hugging Face cache; or online
+    and unknown to the hub (one metadata request, 10 s at most: no 30-second retry inside transformers). An id with
+    any snapshot in the local cache passes without the network; a hub that cannot be reached passes too (the load
+    reports it)."""
+    name = str(model_name_or_path)
+    fix = "fix model_name_or_path in the student (model=) or teachers (teachers=) config"
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        raise ValueError(
+            f"model {name!r} is neither a local folder nor a valid hub id ({error}): {fix}"
+        ) from None
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            f"model {name} is not a local folder and not in the local Hugging Face cache, and the hub is off "
+            f"(HF_HUB_OFFLINE=1): {fix} if it is mistyped, or download it once with the hub reachable "
+            f"(hf download {name})"
+        )
+    try:
+        HfApi().model_info(name, revision=revision, timeout=10)
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"model {name} has no revision {revision!r} on the hub") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"no model {name} on the Hugging Face hub (or it is private or gated and this machine is not logged "
+            f"in: hf auth login): {fix}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (no network or a hub error: the load itself says what is wrong)
+        log.warning("cannot ask the hub about %s: %s", name, error)
 
 
 def hub_commit(folder: Path | None) -> str | None:
@@ -182,11 +220,12 @@ def _modules(folder: Path) -> list[dict] | None:
     return modules if isinstance(modules, list) else None
 
 
-def sentence_transformer_dim(folder: Path | None) -> int | None:
+def sentence_transformer_dim(folder: Path | None, dense_folder: str | None = None) -> int | None:
     """Output dimension of a sentence-transformers folder, from its module configs alone.
 
     Walks ``modules.json`` in order: the Transformer gives its hidden size, Pooling gives
-    ``word_embedding_dimension`` times the number of pooling modes it concatenates, Dense gives ``out_features``,
+    ``word_embedding_dimension`` times the number of pooling modes it concatenates, Dense gives ``out_features``
+    (of ``dense_folder`` instead of the folder ``modules.json`` names, when given: stella's ``2_Dense_8192``),
     Normalize and the like keep the dimension. ``None`` for any module it does not know (custom code), so the
     caller falls back to loading the model. A folder without ``modules.json`` is a plain transformers model that
     sentence-transformers mean-pools: its hidden size.
@@ -208,7 +247,8 @@ def sentence_transformer_dim(folder: Path | None) -> int | None:
             width = config.get("word_embedding_dimension")
             dim = width * modes if isinstance(width, int) and modes else None
         elif kind == "Dense":
-            dim = (read_json(path / "config.json") or {}).get("out_features")
+            dense = folder / dense_folder if dense_folder else path
+            dim = (read_json(dense / "config.json") or {}).get("out_features")
         elif kind not in SHAPE_KEEPING:
             return None
         if dim is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.core.disk import atomic_write
+from jasper.core.disk import atomic_write, check_name
 
 FORMAT = 1
 CORPUS_FILE = "corpus.json"
@@ -29,6 +29,7 @@ FINGERPRINT_FIELDS = (
     "model",
     "revision",
     "weights",
+    "role",
     "prompt",
     "max_length",
     "pooling",
@@ -42,6 +43,11 @@ FINGERPRINT_FIELDS = (
 
 class CacheMismatch(ValueError):
     """The cache on disk was made for other texts or another teacher configuration."""
+
+
+class CacheDamaged(ValueError):
+    """A cache file that no longer holds what was written: a JSON file that does not parse, or a finished cache
+    whose shard files differ from the manifest."""
 
 
 # Text ids and hashes.
@@ -63,7 +69,10 @@ def array_digest(array: np.ndarray, chunk_rows: int = 8192) -> str:
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "teacher"
+    """A teacher's name as its cache folder's name: characters other than letters, digits, ``.``, ``_`` and ``-``
+    become ``-`` (so no path separator survives); a name that would be ``.`` or ``..`` is refused."""
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "teacher"
+    return check_name(folder, "teachers.teachers[].name")
 
 
 # Encoders: anything with name, dim and encode(texts, batch_size) -> (N, dim) float tensor.
@@ -73,7 +82,8 @@ def fingerprint(encoder: object) -> dict:
     Read from the encoder's description only, never from a loaded model: a lazy teacher stays unloaded
     (``jasper.models.teachers.LazyTeacher``). ``weights`` is a digest of the model's files, ``max_length`` the length
     its tokenizer truncates to, ``num_layers`` the layers it runs, ``compute_dtype`` the dtype it encodes in
-    (``dtype`` is the dtype the vectors are stored in).
+    (``dtype`` is the dtype the vectors are stored in), ``role`` what the texts were to it (query or document) and
+    ``prompt`` that role's prompt.
     """
     compute_dtype = getattr(encoder, "dtype", None)
     return {
@@ -81,6 +91,7 @@ def fingerprint(encoder: object) -> dict:
         "model": getattr(encoder, "model_name_or_path", None),
         "revision": getattr(encoder, "commit", None) or getattr(encoder, "revision", None),
         "weights": getattr(encoder, "weights", None),
+        "role": getattr(encoder, "role", None),
         "prompt": getattr(encoder, "prompt", ""),
         "max_length": getattr(encoder, "max_length", None),
         "pooling": getattr(encoder, "pooling", "sentence-transformers"),
@@ -94,6 +105,9 @@ def fingerprint(encoder: object) -> dict:
 
 
 def differences(stored: dict, wanted: dict) -> list[str]:
+    if "role" not in stored and wanted.get("role") is not None:
+        # Written before teachers had roles: every text was encoded with the one prompt, as a document is now.
+        stored = {**stored, "role": "document"}
     keys = [*FINGERPRINT_FIELDS, "extra"]
     return [
         f"{k}: cache has {stored.get(k)!r}, this run has {wanted.get(k)!r}"
@@ -126,4 +140,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """The JSON file at ``path``, None when there is none; a file that does not parse raises, naming it."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CacheDamaged(
+            f"teacher cache file {path} is damaged, not readable JSON ({error}): delete it and run python "
+            "precompute.py with the run's data= and teachers= (or the same train.py command) to rebuild it"
+        ) from None
