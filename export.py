@@ -4,12 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
-from jasper.exporting import export_checkpoint
+from jasper.exporting import ExportRefused, export_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    print(export_checkpoint(cfg.ckpt, cfg.out, scores=cfg.scores))
+    try:
+        print(export_checkpoint(cfg.ckpt, cfg.out, scores=cfg.scores, overwrite=cfg.overwrite))
+    except ExportRefused as error:  # an out folder export will not replace: one line, no traceback
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

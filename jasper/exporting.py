@@ -14,7 +14,10 @@ saved as the model's default prompt. ``jasper_export.json`` records the heads, a
 the training config and, when given, measured scores.
 
 Sources: a ``student.pt``, a Lightning ``.ckpt`` file, or a DeepSpeed (ZeRO) checkpoint directory (converted with
-Lightning's ``convert_zero_checkpoint_to_fp32_state_dict``). See docs/export.md.
+Lightning's ``convert_zero_checkpoint_to_fp32_state_dict``). The folder is written beside ``out`` and swapped in
+whole; an ``out`` that is not empty is replaced only when it is an earlier export (`EXPORT_MARKER`) or
+``overwrite=true``, and never when it holds the checkpoint, a run or the working directory (`check_out`).
+See docs/export.md.
 """
 
 from __future__ import annotations
@@ -23,22 +26,30 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
 from torch import nn
 
+from jasper.core.disk import replaced_folder
 from jasper.core.tables import load_json, markdown_table
+from jasper.models.encoders import tokenizer_type
 from jasper.models.packaged import packaged_minilm
 from jasper.models.student import FC1, Student
 from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
-from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student, stage_number
+from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student, run_inside, stage_number
 
 log = logging.getLogger(__name__)
 
 
 MULTIMODAL_DIR = "multimodal"
+# In every export: export.py may replace a folder that holds it (an earlier export) without overwrite=true.
+EXPORT_MARKER = ".jasper-export"
+
+
+class ExportRefused(ValueError):
+    """An ``out`` folder that export will not replace (export.py prints the message as one line)."""
 
 
 # Writing the sentence-transformers folder.
@@ -65,7 +76,7 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     workdir = Path(workdir)
     student.encoder.save_pretrained(workdir)
     student.tokenizer.save_pretrained(workdir)
-    kind = tokenizer_type(student)
+    kind = tokenizer_type(student.tokenizer, student.encoder.config.model_type)
     load = {"processor_kwargs": {"tokenizer_type": kind}} if kind else {}
     transformer = Transformer(str(workdir), max_seq_length=student.max_length, **load)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=True)
@@ -81,40 +92,13 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
         heads = _dense(student.fc1)
     # encode_query / encode_document pick the "query" / "document" prompt (sentence-transformers adds empty
     # ones otherwise, which would override the default): the student uses one prompt for every text.
-    prompts = (
-        {"default": student.prompt, "query": student.prompt, "document": student.prompt}
-        if student.prompt
-        else None
-    )
+    prompts = {name: student.prompt for name in ("default", "query", "document")} if student.prompt else None
     return SentenceTransformer(
         modules=[transformer, pooling, heads, Normalize()],
         prompts=prompts,
         default_prompt_name="default" if prompts else None,
         device="cpu",
     )
-
-
-def tokenizer_type(student: Student) -> str | None:
-    """The tokenizer's model type (``bert``) when loading the exported folder needs it named: a student built from
-    one architecture's config with another's tokenizer (``model=qwen2_1_5b_random``: Qwen2 + MiniLM's tokenizer).
-    transformers 5 loads the tokenizer class registered for some model types (qwen2 among them) whatever
-    tokenizer_config.json says; ``tokenizer_type`` overrides that. ``None`` when the folder loads as it is."""
-    # transformers' tokenizer registry: slow to import, and only this check needs it
-    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
-
-    def plain(name) -> str:
-        name = next((n for n in name if n), "") if isinstance(name, tuple) else name or ""
-        return name.removesuffix("Fast")
-
-    own = plain(type(student.tokenizer).__name__)
-    registered = TOKENIZER_MAPPING_NAMES.get(student.encoder.config.model_type)
-    if registered is None or plain(registered) == own:
-        return None
-    kinds = [kind for kind, name in TOKENIZER_MAPPING_NAMES.items() if plain(name) == own]
-    named = own.removesuffix(
-        "Tokenizer"
-    ).lower()  # BertTokenizer -> bert, rather than the first match (align)
-    return named if named in kinds else next(iter(kinds), None)
 
 
 def export_info(student: Student) -> dict:
@@ -125,7 +109,7 @@ def export_info(student: Student) -> dict:
     else:
         heads = {name: {"dim": student.head_dim(name), "task": name} for name in student.head_names}
     info = {"format": "jasper-sentence-transformers/1", "heads": heads, "student": student.describe()}
-    kind = tokenizer_type(student)
+    kind = tokenizer_type(student.tokenizer, student.encoder.config.model_type)
     if kind:  # SentenceTransformer(path, processor_kwargs={"tokenizer_type": kind})
         info["load_kwargs"] = {"processor_kwargs": {"tokenizer_type": kind}}
     return info
@@ -137,42 +121,77 @@ def export_student(
     train_config: Mapping | None = None,
     scores: str | Path | Sequence | None = None,
     source: str | None = None,
+    overwrite: bool = False,
+    keep: Sequence[Path] = (),
+    also: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``student`` as a sentence-transformers folder (see the module docstring) and return its path.
+    """Write ``student`` as a sentence-transformers folder (see the module docstring) and return its path: written
+    beside ``out_dir`` with `EXPORT_MARKER`, then swapped in whole (`check_out`: which ``out_dir`` may be replaced,
+    ``keep`` the files it must not hold). ``also(folder)`` adds files before the swap (the vision tower).
 
     ``scores``: a results JSON written by evaluate.py / ``write_report`` (or a list of ``ResultRow``) to put in
     the model card.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out(out_dir, keep, overwrite)
     info = export_info(student)
     train_config = public_config(train_config) if train_config is not None else None
     source = display_name(source) if source else None
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        model = build_sentence_transformer(student, tmp)
-        model.save(str(out_dir), create_model_card=False)
-    (out_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    (out_dir / "README.md").write_text(model_card(student, info, train_config, scores, source))
+    with replaced_folder(out_dir) as folder, tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        build_sentence_transformer(student, tmp).save(str(folder), create_model_card=False)
+        (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (folder / "README.md").write_text(model_card(student, info, train_config, scores, source))
+        (folder / EXPORT_MARKER).write_text(
+            "Written by jasper's export.py, which replaces this folder whole.\n"
+        )
+        if also is not None:
+            also(folder)
     log.info("exported %s with heads %s to %s", source or "student", list(info["heads"]), out_dir)
     return out_dir
 
 
 def export_checkpoint(
-    ckpt: str | Path, out_dir: str | Path, scores: str | Path | Sequence | None = None
+    ckpt: str | Path,
+    out_dir: str | Path,
+    scores: str | Path | Sequence | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a student.pt, Lightning .ckpt or DeepSpeed checkpoint directory (python export.py ckpt=... out=...)."""
+    ckpt = Path(ckpt)
+    check_out(Path(out_dir), [ckpt], overwrite)  # before the student loads: refused in a second
     student, train_config = load_student(ckpt)
-    if Path(out_dir).resolve() == Path(ckpt).resolve():
-        raise ValueError("out must differ from ckpt")
-    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
-        shutil.rmtree(out_dir)  # a stale export would leave old modules behind
-    if scores is None:
-        scores = student_scores(ckpt) or None
-    out = export_student(student, out_dir, train_config=train_config, scores=scores, source=str(ckpt))
-    tower = Path(ckpt).parent / VISION_FILE
-    if Path(ckpt).is_file() and tower.is_file():  # a stage-4 run: the image path goes along
-        export_vision(Path(ckpt), tower, out)
-    return out
+    tower = ckpt.parent / VISION_FILE
+    also = (lambda folder: export_vision(ckpt, tower, folder)) if ckpt.is_file() and tower.is_file() else None
+    scores = (student_scores(ckpt) or None) if scores is None else scores
+    return export_student(student, out_dir, train_config, scores, str(ckpt), overwrite, [ckpt], also)
+
+
+def check_out(out: Path, keep: Sequence[Path] = (), overwrite: bool = False) -> None:
+    """Refuse an ``out`` whose replacement would delete what export did not make. Always refused: a file, the
+    working directory or a folder above it, a folder that is or holds one of ``keep`` (the checkpoint exported),
+    one that holds a run (:func:`jasper.storage.checkpoints.run_inside`). A folder that is not empty is replaced
+    only when it holds `EXPORT_MARKER` (an earlier export) or with ``overwrite``."""
+    out = Path(out).expanduser()
+    if not out.exists() and not out.is_symlink():
+        return
+    where = out.resolve()
+    new = "choose a new folder (e.g. out=outputs/<run>/export)"
+    if not out.is_dir():
+        raise ExportRefused(f"out={out} is a file, not a folder: {new}")
+    if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
+        raise ExportRefused(f"out={out} is the working directory or a folder above it: {new}")
+    held = [k for k in keep if Path(k).resolve() == where or where in Path(k).resolve().parents]
+    if held:
+        raise ExportRefused(f"out={out} holds the checkpoint being exported ({held[0]}): {new}")
+    run = run_inside(where)
+    if run is not None:
+        raise ExportRefused(f"out={out} holds a run or a repository ({run}): export never replaces it; {new}")
+    if (out / EXPORT_MARKER).is_file() or overwrite or not any(out.iterdir()):
+        return
+    raise ExportRefused(
+        f"out={out} is not empty and is not an earlier export (no {EXPORT_MARKER} in it): {new}, or give "
+        "overwrite=true to replace it whole"
+    )
 
 
 def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
@@ -189,7 +208,7 @@ def export_vision(student_file: Path, tower_file: Path, out_dir: Path) -> None:
         "vision": f"{MULTIMODAL_DIR}/{VISION_FILE}",
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
-    log.info("exported the vision tower to %s (load with jasper.exporting.load_multimodal)", multimodal)
+    log.info("exported the vision tower (load with jasper.exporting.load_multimodal)")
 
 
 def load_multimodal(export_dir: str | Path) -> MultimodalStudent:
@@ -265,11 +284,6 @@ def student_scores(ckpt: str | Path) -> list:
     return []
 
 
-def _scores_table(scores: str | Path | Sequence) -> str:
-    rows = load_json(scores) if isinstance(scores, str | Path) else list(scores)
-    return markdown_table(rows)
-
-
 def model_card(
     student: Student,
     info: dict,
@@ -329,7 +343,8 @@ def model_card(
         "",
     ]
     if scores is not None:
-        lines += ["## Scores", "", _scores_table(scores), ""]
+        rows = load_json(scores) if isinstance(scores, str | Path) else list(scores)
+        lines += ["## Scores", "", markdown_table(rows), ""]
     if train_config is not None:
         lines += [
             "## Training config",

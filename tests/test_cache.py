@@ -442,3 +442,71 @@ def test_a_cache_from_before_weights_were_recorded_is_refused_with_a_reason(tmp_
         CacheMismatch, match="written before jasper recorded weights, num_layers, compute_dtype"
     ):
         cache.reader([teacher])
+
+
+def test_the_role_is_part_of_the_cache_key(reference, texts, tiny_bert):
+    """Vectors cached for documents are refused to the same teacher as queries (and its query prompt); a manifest
+    written before roles existed is a document's, as every text then was."""
+    query = HuggingFaceTeacher(tiny_bert, max_length=32, prompts={"query": "query: "}, role="query")
+    with pytest.raises(CacheMismatch, match=r"role: cache has 'document', this run has 'query'.*prompt"):
+        reference.reader([query])
+    from jasper.storage.cache.format import differences, fingerprint
+
+    old = {k: v for k, v in fingerprint(HuggingFaceTeacher(tiny_bert, max_length=32)).items() if k != "role"}
+    assert differences(old, fingerprint(HuggingFaceTeacher(tiny_bert, max_length=32))) == []
+    assert differences(old, fingerprint(query))[0] == "role: cache has 'document', this run has 'query'"
+
+
+def test_a_cache_of_another_target_size_is_refused_naming_each_teachers(reference, teacher):
+    assert reference.reader([teacher], target_dim=teacher.dim).dim == 32
+    with pytest.raises(
+        ValueError, match=r"cached in .* give a 32-d target \(.*: 32\) but teachers.target_dim is 64"
+    ):
+        reference.reader([teacher], target_dim=64)
+
+
+def test_a_damaged_json_or_ids_file_is_named_with_its_fix_on_load_and_by_verify(
+    tmp_path, reference, teacher, texts
+):
+    """Training and precompute read manifest.json, corpus.json and ids.npy too: a damaged one is an error naming
+    the file and the command that rebuilds it (not a bare JSONDecodeError), and verify lists it, never crashes."""
+    from jasper.storage.cache import CacheDamaged
+
+    root = tmp_path / "corpus-a"
+    shutil.copytree(reference.root, root)
+    manifest = TeacherCache(root).teacher_dir(teacher) / "manifest.json"
+    manifest.write_text('{"format": 1, "tea')  # a torn write
+    for read in (
+        lambda: TeacherCache(root).reader([teacher]),
+        lambda: TeacherCache(root).build(texts, [teacher]),
+    ):
+        with pytest.raises(
+            CacheDamaged, match=rf"{manifest} is damaged, not readable JSON .*python precompute.py"
+        ):
+            read()
+    shutil.copy(reference.teacher_dir(teacher) / "manifest.json", manifest)
+    ids = root / "ids.npy"
+    ids.write_bytes(ids.read_bytes()[:100])
+    with pytest.raises(CacheDamaged, match=rf"{ids} is truncated or unreadable .*delete {root}"):
+        TeacherCache(root).verify()
+    problems = verify_tree(tmp_path)
+    assert len(problems) == 1 and f"{ids} is truncated or unreadable" in problems[0]
+
+
+def test_a_teacher_name_never_becomes_a_folder_outside_the_cache():
+    from jasper.storage.cache.format import slug
+
+    assert slug("org/model name") == "org-model-name"  # no separator survives
+    assert slug("../../etc") == "..-..-etc"  # one folder name, inside the cache
+    for name in ("..", ".", "/..", "../"):
+        with pytest.raises(ValueError, match=r"teachers.teachers\[\].name='\.+' cannot name a folder"):
+            slug(name)
+
+
+def test_the_feature_cache_of_another_max_length_is_another_folder(tiny_bert):
+    """Stage 1 at max_length 256 must not meet (and be refused by) the features cached at 128."""
+    from jasper.models.student import Student
+    from jasper.storage.cache.features import PooledFeatures
+
+    short, long = (PooledFeatures(Student(tiny_bert, fc1_dim=8, max_length=n)) for n in (128, 256))
+    assert short.weights == long.weights and short.name != long.name

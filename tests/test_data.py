@@ -179,3 +179,19 @@ def test_a_file_that_is_not_jsonl_fails_at_once_naming_it(tmp_path):
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(KeyError, match="text_field"):
         LocalFiles([str(path)])
+
+
+def test_rows_that_are_not_utf8_are_rejected_and_counted_never_replaced(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"text": "caf\u00e9 au lait"}).encode()
+    bad = json.dumps({"text": "caf\u00e9 noir"}, ensure_ascii=False).encode("latin-1")  # \xe9: not UTF-8
+    path.write_bytes(bad + b"\n" + good + b"\n" + bad + b"\n")
+    rows = list(LocalFiles([str(path)]))  # a first line that is not UTF-8 does not make the file "not JSONL"
+    assert rows == [
+        RejectedRow("invalid UTF-8", f"{path}:1"),
+        "caf\u00e9 au lait",
+        RejectedRow("invalid UTF-8", f"{path}:3"),
+    ]
+    texts, rejected = clean_rows(rows)
+    assert texts == ["caf\u00e9 au lait"] and rejected == {"invalid UTF-8": 2}
+    assert not any("\ufffd" in t for t in texts)

@@ -333,3 +333,15 @@ def test_run_models_lists_teacher_init_and_stages(tmp_path):
         run_models({"run_name": "none", "runs_dir": str(tmp_path)}, REPO)
     with pytest.raises(ValueError, match="nothing to evaluate"):
         run_models({}, REPO)
+
+
+def test_names_that_would_write_outside_the_runs_folder_are_refused():
+    from jasper.evaluation.runner import default_out_dir
+
+    assert (
+        default_out_dir({"run_name": "ablations/s1", "eval": {"name": "dev"}})
+        == "outputs/ablations/s1/eval/dev"
+    )
+    for cfg in ({"run_name": "..", "eval": {"name": "dev"}}, {"run_name": "r", "eval": {"name": "../../x"}}):
+        with pytest.raises(ValueError, match="cannot name a folder"):
+            default_out_dir(cfg)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from jasper.exporting import export_checkpoint, export_student
+from jasper.exporting import EXPORT_MARKER, ExportRefused, export_checkpoint, export_student
 from jasper.models.student import FC1, Student
 from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student, save_student
 
+REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
     "A cat sits on the mat.",
     "Distillation trains a small student to copy a big teacher.",
@@ -258,3 +263,126 @@ def test_model_card_names_models_not_paths_and_carries_the_runs_scores(tiny_bert
     assert "sentence-transformers/all-MiniLM-L6-v2" in card and "exported from `mine/stage3`" in card
     assert "## Scores" in card and "0.75" in card and "| init" not in card  # this student's rows only
     assert "texts.jsonl" in card  # the data file, by name
+
+
+def _run_with_student(tiny_bert, run) -> Path:
+    """A run folder as train.py leaves it: ``<run>/stage3/{student.pt, .hydra/config.yaml}``."""
+    student = _student(tiny_bert, "separate")
+    save_student(student, run / "stage3" / "student.pt")
+    (run / "stage3" / ".hydra").mkdir()
+    (run / "stage3" / ".hydra" / "config.yaml").write_text("stage: 3\n")
+    return run / "stage3" / "student.pt"
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))}
+
+
+def test_export_never_deletes_what_it_did_not_make(tiny_bert, tmp_path, monkeypatch):
+    """A non-empty out is replaced only when it is an earlier export (its marker) or with overwrite; the run, the
+    checkpoint's folder and the working directory never; a failed export leaves the old one as it was."""
+    ckpt = _run_with_student(tiny_bert, tmp_path / "outputs" / "mine")
+    run = _tree(tmp_path / "outputs")
+    for out in (tmp_path / "outputs", tmp_path / "outputs" / "mine", ckpt.parent):  # the run, or above it
+        for overwrite in (False, True):
+            with pytest.raises(ExportRefused, match="holds the checkpoint|holds a run"):
+                export_checkpoint(ckpt, out, overwrite=overwrite)
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "code.py").write_text("print('mine')\n")
+    monkeypatch.chdir(tree / "src")
+    for out in (".", "..", str(tree)):  # the working directory and the folders above it
+        with pytest.raises(ExportRefused, match="working directory"):
+            export_checkpoint(ckpt, out, overwrite=True)
+    other_run = tmp_path / "elsewhere" / "r" / "sweep__x=1" / "stage2"  # a run (sweep) three levels down
+    (other_run / ".hydra").mkdir(parents=True)
+    with pytest.raises(ExportRefused, match=r"holds a run or a repository \(.*stage2"):
+        export_checkpoint(ckpt, tmp_path / "elsewhere", overwrite=True)
+    assert _tree(tmp_path / "outputs") == run and (tree / "src" / "code.py").is_file() and other_run.is_dir()
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not an export")
+    with pytest.raises(ExportRefused, match="not an earlier export .* overwrite=true"):
+        export_checkpoint(ckpt, mine)
+    assert (mine / "notes.txt").read_text() == "not an export"
+    export_checkpoint(ckpt, mine, overwrite=True)  # asked for: replaced whole
+    assert not (mine / "notes.txt").exists() and (mine / EXPORT_MARKER).is_file()
+
+    out = export_checkpoint(ckpt, tmp_path / "export")  # new: no marker needed
+    (out / "stale_module").mkdir()  # a module an earlier export had and this one does not
+    before = _tree(out)
+    monkeypatch.setattr("jasper.exporting.model_card", lambda *a, **k: 1 / 0)  # fails midway
+    with pytest.raises(ZeroDivisionError):
+        export_checkpoint(ckpt, out)
+    assert _tree(out) == before  # the old export, untouched
+    monkeypatch.undo()
+    export_checkpoint(ckpt, out)  # an earlier export: replaced without overwrite
+    assert not (out / "stale_module").exists() and (out / EXPORT_MARKER).is_file()
+    _check_heads(load_student(ckpt)[0], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "export", "notes", "outputs", "tree"]
+
+
+def test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told(tiny_bert, tmp_path):
+    """The entry point: a refusal is one line and exit status 1, whatever overwrite says; overwrite=true reaches
+    export_checkpoint."""
+    ckpt = _run_with_student(tiny_bert, tmp_path / "run")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HYDRA_EXPORT_LOG_DIR": str(tmp_path / "logs"),
+    }
+
+    def export(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "export.py", f"ckpt={ckpt}", *args]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    refused = export(f"out={tmp_path / 'run'}", "overwrite=true")
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"error: out={tmp_path / 'run'} holds the checkpoint being exported ({ckpt}): choose a new folder "
+        "(e.g. out=outputs/<run>/export)"
+    ]
+    assert (tmp_path / "run" / "stage3" / ".hydra" / "config.yaml").is_file() and ckpt.is_file()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("kept unless overwrite=true")
+    refused = export(f"out={folder}")
+    assert refused.returncode == 1 and "overwrite=true" in refused.stderr and (folder / "notes.txt").is_file()
+    done = export(f"out={folder}", "overwrite=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (folder / EXPORT_MARKER).is_file() and not (folder / "notes.txt").exists()
+    half = tmp_path / "cut" / "student.pt"  # a truncated student.pt: named, not torch's bare zip error
+    half.parent.mkdir()
+    half.write_bytes(ckpt.read_bytes()[:1000])
+    ckpt = half
+    damaged = export(f"out={tmp_path / 'out'}")
+    assert damaged.returncode == 1 and f"{half} is truncated or damaged" in damaged.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_student_is_loaded_without_running_code_and_refused_when_not_finite(tiny_bert, tmp_path):
+    student = _student(tiny_bert, "separate")
+    save_student(student, tmp_path / "student.pt")
+    payload = torch.load(tmp_path / "student.pt", weights_only=True)  # plain types and tensors only
+    payload["extra"] = Path("any object")  # a pickle of anything else could run code on load
+    torch.save(payload, tmp_path / "shared.pt")
+    with pytest.raises(ValueError, match=r"shared\.pt holds objects other than tensors"):
+        load_student(tmp_path / "shared.pt")
+    payload.pop("extra")
+    payload["state_dict"]["fc1.weight"][0, 0] = float("nan")
+    torch.save(payload, tmp_path / "diverged.pt")
+    with pytest.raises(ValueError, match=r"diverged\.pt holds NaN/inf weights in \['fc1.weight'\]"):
+        load_student(tmp_path / "diverged.pt")
+    data = (tmp_path / "student.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=r"cut\.pt is truncated or damaged"):
+        load_student(tmp_path / "cut.pt")
+    with torch.no_grad():
+        student.heads["16"].bias[0] = float("inf")
+    with pytest.raises(
+        ValueError, match=r"\['heads.16.bias'\] .* hold NaN/inf: .*refused\.pt is not written"
+    ):
+        save_student(student, tmp_path / "refused.pt")
+    assert not (tmp_path / "refused.pt").exists()

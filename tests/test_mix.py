@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.data.datamodule import clean_rows
+from jasper.data.files import RejectedRow
 from jasper.data.mix import JsonRows, Mix, TextsOf, quotas
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -137,3 +138,17 @@ def test_clean_rows_counts_each_reason():
     texts, counts = clean_rows(["a", " a ", "", None, 3, "x" * 50, "b"], max_chars=10)
     assert texts == ["a", "x" * 10, "b"]
     assert counts == Counter({"duplicate": 1, "empty": 1, "non-text": 2, "truncated": 1})
+
+
+def test_json_rows_reject_invalid_utf8_and_name_the_line_of_broken_json(tmp_path):
+    path = tmp_path / "pairs.jsonl.gz"
+    lines = [b'["question?", "answer."]', b'["caf\xe9"]', b"", b'{"set": ["a", "b"]}']
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    rows = list(JsonRows([str(path)]))
+    assert rows == [["question?", "answer."], RejectedRow("invalid UTF-8", f"{path}:2"), {"set": ["a", "b"]}]
+    texts, rejected = clean_rows(TextsOf(JsonRows([str(path)])))
+    assert texts == ["question?", "answer.", "a", "b"] and rejected == {"invalid UTF-8": 1}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('["fine"]\n\n{"text": "cut off\n')
+    with pytest.raises(ValueError, match=rf"{broken}:3 is not a JSON row .*fix or delete that line"):
+        list(JsonRows([str(broken)]))

@@ -126,3 +126,47 @@ def test_a_hub_model_not_on_this_machine_gets_the_digest_its_snapshot_will_have(
     assert model_files.hub_listing("org/model") == (commit, folder_digest(snapshot))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert model_files.hub_listing("org/model") is None  # offline: never the network
+
+
+def test_a_hub_id_that_cannot_load_fails_at_once_naming_it(tmp_path, monkeypatch):
+    """A mistyped id: not a valid id at all; offline and not in the local cache; online and unknown to the hub. An id
+    with a snapshot in the local cache passes without the network; a hub that cannot be reached passes too."""
+    import httpx
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from jasper.models.encoders import check_model_path
+
+    hub = tmp_path / "hub"
+    (hub / "models--org--model" / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        ValueError, match=r"model 'org/my model' is neither a local folder nor a valid hub id"
+    ):
+        check_model_path("org/my model")
+    with pytest.raises(
+        FileNotFoundError, match=r"model org/modle is not a local folder .* \(HF_HUB_OFFLINE=1\)"
+    ):
+        check_model_path("org/modle")
+    check_model_path("org/model")  # in the local cache
+    check_model_path(str(tmp_path))  # a local folder
+
+    asked = []
+
+    def model_info(self, repo_id, revision=None, timeout=None, **kwargs):
+        asked.append((repo_id, timeout))
+        if repo_id == "org/modle":
+            request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise RepositoryNotFoundError("404 Client Error", response=httpx.Response(404, request=request))
+        if repo_id == "org/unreachable":
+            raise ConnectionError("no network")
+        return object()
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", model_info)
+    with pytest.raises(FileNotFoundError, match=r"no model org/modle on the Hugging Face hub"):
+        check_model_path("org/modle")
+    check_model_path("org/on-the-hub")
+    check_model_path("org/unreachable")  # the load itself will say what is wrong
+    check_model_path("org/model")  # cached: never asked
+    assert asked == [("org/modle", 10), ("org/on-the-hub", 10), ("org/unreachable", 10)]

@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,77 @@ def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
     assert check.returncode == 1, check.stderr[-3000:]
     assert f"PROBLEM {roots[0].name}/tiny/manifest.json: damaged" in check.stdout
     assert "cache OK" not in check.stdout
+
+
+def test_rows_that_are_not_utf8_are_counted_with_the_other_rejected_rows(tiny_bert, rows_file, tmp_path):
+    rows_file.write_bytes(rows_file.read_bytes() + '{"text": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
+    root = precompute(compose_config("precompute", overrides(tiny_bert, rows_file, tmp_path / "cache")))
+    rejected = json.loads((root / "corpus.json").read_text())["rejected"]
+    assert rejected["invalid UTF-8"] == 1 and rejected["non-text"] == 2  # beside the rows rejected before
+
+
+# Another process holds a teacher folder's build lock (a plain filelock, as another precompute would) until its
+# stdin closes.
+HOLDER = (
+    "import sys, filelock\n"
+    "lock = filelock.FileLock(sys.argv[1])\n"
+    "lock.acquire()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+    "lock.release()\n"
+)
+
+
+def test_a_second_precompute_says_it_waits_and_claims_no_work_it_did_not_do(tiny_bert, rows_file, tmp_path):
+    """precompute.py started while another build holds the teacher's lock: it logs that it waits; the other build
+    finishes the folder meanwhile; this one then encodes nothing and says so, logging no encoding."""
+    args = overrides(tiny_bert, rows_file, tmp_path / "cache")
+    root = precompute(compose_config("precompute", args))
+    folder = root / "tiny"
+    aside = tmp_path / "finished"
+    aside.mkdir()
+    for file in folder.iterdir():  # the other build has not written its shards yet
+        if file.name != ".build.lock":
+            file.rename(aside / file.name)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder / ".build.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "second.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    second = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with log.open("w") as out:
+            second = subprocess.Popen(
+                [sys.executable, "precompute.py", *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            deadline = time.monotonic() + 300
+            while (
+                "waiting for" not in log.read_text() and second.poll() is None and time.monotonic() < deadline
+            ):
+                time.sleep(0.5)
+            assert "waiting for the tiny vectors" in log.read_text(), log.read_text()[-3000:]
+            for file in aside.iterdir():  # the other build finishes, then lets go
+                file.rename(folder / file.name)
+            holder.stdin.close()
+            assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        for process in (holder, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert (
+        f"waiting for the tiny vectors of {root} (lock {folder / '.build.lock'}) held by another process"
+        in text
+    )
+    assert f"the tiny vectors of {root} were finished by another process" in text
+    assert "encoding" not in text and "encoded" not in text, text[-3000:]
+    assert TeacherCache(root).verify() == []

@@ -359,3 +359,24 @@ def test_stage4_without_image_pairs_names_the_fix():
             stage_data(cfg, cfg.stages.stage4)
         text = compose("train", overrides=["stage=1", "images=folder", "images.source.root=/nowhere"])
         assert stage_data(text, text.stages.stage1) is text.data  # the text stages never read images=
+
+
+def test_a_broken_index_line_fails_naming_the_index_and_the_line(messy_folder):
+    index = messy_folder / "index.jsonl"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join([lines[0], '{"image": "1.png", "caption": "cut of', *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"{index}:2 is not a JSON object \(.*fix or delete that line"):
+        list(ImageFolderPairs(str(messy_folder)))
+    index.write_text("\n".join([lines[0], '["1.png", "a list"]']) + "\n")
+    with pytest.raises(ValueError, match=rf"{index}:2 is not a JSON object \(a JSON list\)"):
+        list(ImageFolderPairs(str(messy_folder)))
+
+
+def test_fewer_pairs_than_a_batch_fail_naming_both_numbers(messy_folder):
+    tower = tower_factory()(embed_dim=8)
+    dm = ImageCaptionDataModule(
+        ImageFolderPairs(str(messy_folder)), val_pairs=1, batch_size=8, transform=tower.transform
+    )
+    dm.setup()
+    with pytest.raises(ValueError, match=r"3 training image-caption pairs .* but the batch size is 8"):
+        dm.train_dataloader()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from jasper.core.losses import DistillLoss
+from jasper.core.resim import relative_similarity_loss_reference
 from jasper.models.student import Student
 from jasper.storage.checkpoints import load_student_weights, save_student
 from jasper.training.stages.stage1 import Stage1
@@ -63,13 +64,20 @@ def test_stage3_trains_everything_that_gets_a_gradient(tiny_bert):
     assert all(p.requires_grad for p in module.student.parameters())
 
 
-def test_stage3_losses_per_head_without_cosine_on_reduced_heads(tiny_bert):
-    module = make(Stage3, tiny_bert)
-    teacher = torch.nn.functional.normalize(torch.randn(6, 24), dim=-1)
+def random_vectors(module, rows: int = 6) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Normalised random vectors of every head of ``module``'s student, and a 24-d teacher."""
+    torch.manual_seed(1)
+    teacher = torch.nn.functional.normalize(torch.randn(rows, 24), dim=-1)
     vectors = {
-        h: torch.nn.functional.normalize(torch.randn(6, module.student.head_dim(h)), dim=-1)
+        h: torch.nn.functional.normalize(torch.randn(rows, module.student.head_dim(h)), dim=-1)
         for h in module.student.head_names
     }
+    return vectors, teacher
+
+
+def test_stage3_losses_per_head_without_cosine_on_reduced_heads(tiny_bert):
+    module = make(Stage3, tiny_bert)
+    vectors, teacher = random_vectors(module)
     terms = module.losses(vectors, teacher)
     assert set(terms) == {
         "fc1/loss_cos",
@@ -81,15 +89,36 @@ def test_stage3_losses_per_head_without_cosine_on_reduced_heads(tiny_bert):
         "4/loss_resim",
         "total",
     }
-    w = module.loss.weights
-    expected = w["cosine"] * terms["fc1/loss_cos"] + sum(
-        w[name] * terms[f"{h}/loss_{k}"]
-        for h in ["fc1", "8", "4"]
-        for name, k in [("similarity", "sim"), ("relative_similarity", "resim")]
-    )
-    assert torch.allclose(terms["total"], expected)
     without_fc1 = make(Stage3, tiny_bert, keep_fc1_loss=False)
     assert not any(k.startswith("fc1/") for k in without_fc1.losses(vectors, teacher))
+
+
+@pytest.mark.parametrize("keep_fc1_loss", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_stage3_head_reduction_is_the_plain_formula(tiny_bert, reduction, keep_fc1_loss):
+    """``mean`` (official code): ``10 cos(FC1) + (1/n) sum_h (200 sim_h + 20 resim_h)`` over the n heads trained
+    (FC1 among them unless keep_fc1_loss=False); ``sum``: ``10 cos(FC1) + sum_h (200 sim_h + 20 resim_h)``. Each
+    term written out here (the relative similarity as the plain reference), on random vectors."""
+    module = make(Stage3, tiny_bert, head_reduction=reduction, keep_fc1_loss=keep_fc1_loss)
+    vectors, teacher = random_vectors(module)
+    heads = ["fc1", "8", "4"] if keep_fc1_loss else ["8", "4"]
+    in_batch = [
+        200 * ((vectors[h] @ vectors[h].T - teacher @ teacher.T) ** 2).mean()
+        + 20 * relative_similarity_loss_reference(vectors[h], teacher, margin=0.015)
+        for h in heads
+    ]
+    cosine = 10 * (1 - (vectors["fc1"] * teacher).sum(-1)).mean() if keep_fc1_loss else 0.0
+    expected = cosine + (sum(in_batch) / len(heads) if reduction == "mean" else sum(in_batch))
+    total = module.losses(vectors, teacher)["total"]
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
+    swapped = "sum" if reduction == "mean" else "mean"
+    other = make(Stage3, tiny_bert, head_reduction=swapped, keep_fc1_loss=keep_fc1_loss)
+    assert not torch.allclose(other.losses(vectors, teacher)["total"], total)  # they differ on these vectors
+
+
+def test_stage3_head_reduction_is_checked(tiny_bert):
+    with pytest.raises(ValueError, match="head_reduction='max'"):
+        make(Stage3, tiny_bert, head_reduction="max")
 
 
 def test_stage3_needs_mrl_heads(tiny_bert):
@@ -192,3 +221,21 @@ def test_stage3_self_distilled_heads_learn_fc1_and_send_it_no_gradient(tiny_bert
 def test_stage3_head_teacher_is_checked(tiny_bert):
     with pytest.raises(ValueError, match="head_teacher"):
         make(Stage3, tiny_bert, head_teacher="fc2")
+
+
+def test_a_non_finite_loss_term_stops_the_step_naming_stage_step_head_and_term(tiny_bert):
+    from jasper.training.stages.base import NonFiniteLoss
+
+    module = make(Stage3, tiny_bert)
+    module.save_hyperparameters({"config": {"stage": 3}})
+    vectors, teacher = random_vectors(module)
+    module.check_finite(module.losses(vectors, teacher))  # finite: nothing happens
+    vectors["8"] = vectors["8"].clone()
+    vectors["8"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match=r"stage 3, step 1: .*term sim of head 8 = nan") as error:
+        module.check_finite(module.losses(vectors, teacher))
+    assert "head fc1" not in str(error.value) and "stages.stage3.module.optimizer.lr" in str(error.value)
+    with torch.no_grad():
+        module.student.fc1.bias[0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match=r"weights \['student.fc1.bias'\] hold NaN/inf"):
+        module.on_save_checkpoint({"state_dict": module.state_dict()})  # no checkpoint of diverged weights

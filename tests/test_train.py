@@ -72,6 +72,58 @@ def test_resume_takes_the_newest_checkpoint(tmp_path):
     assert validate(cfg) == str(folder / "epoch=0-step=4.ckpt")
 
 
+def lightning_deepspeed_checkpoint(path: Path, step: int, when_ns: int, latest: bool = True) -> None:
+    """A ``.ckpt`` directory laid out as Lightning's DeepSpeed strategy writes it (``engine.save_checkpoint(path,
+    client_state=..., tag="checkpoint")``, DeepSpeed 0.19): the tag folder's model and ZeRO optimizer states, the
+    recovery scripts, then ``latest`` naming the tag. Every file (re)written at ``when_ns``; the directories keep
+    the time they were made at (rewriting files in place adds no entry to them)."""
+    tag = path / "checkpoint"
+    tag.mkdir(parents=True, exist_ok=True)
+    files = {
+        tag / "mp_rank_00_model_states.pt": {"global_steps": step, "module": {}},
+        tag / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {}},
+    }
+    for file, payload in files.items():
+        torch.save(payload, file)
+    for script in ("zero_to_fp32.py", "zero_to_torch.py"):
+        (path / script).write_text("# DeepSpeed's recovery script\n")
+    written = [*files, path / "zero_to_fp32.py", path / "zero_to_torch.py"]
+    if latest:
+        (path / "latest").write_text("checkpoint")
+        written.append(path / "latest")
+    for file in written:
+        os.utime(file, ns=(when_ns, when_ns))
+
+
+def test_resume_finds_lightnings_deepspeed_checkpoint_directories(tmp_path):
+    """Under DeepSpeed, last.ckpt and step=N.ckpt are directories: ckpt_path=last takes the one whose `latest`
+    DeepSpeed wrote last, not the one whose directory is newer (last.ckpt/ rewritten in place keeps its first
+    mtime), and the path it gives is one Lightning's DeepSpeed strategy accepts."""
+    from lightning.fabric.strategies.deepspeed import _validate_checkpoint_directory
+
+    folder = tmp_path / "checkpoints"
+    second = 10**18  # nanoseconds: explicit times, no sleeping
+    lightning_deepspeed_checkpoint(folder / "last.ckpt", step=2, when_ns=1 * second)
+    lightning_deepspeed_checkpoint(folder / "epoch=0-step=4.ckpt", step=4, when_ns=2 * second)
+    (folder / "notes.ckpt").mkdir()  # a directory that is not a checkpoint is never taken
+    for directory in (folder / "last.ckpt", folder / "last.ckpt" / "checkpoint"):
+        os.utime(directory, ns=(1 * second, 1 * second))
+    os.utime(folder / "epoch=0-step=4.ckpt", ns=(2 * second, 2 * second))
+    os.utime(folder / "notes.ckpt", ns=(9 * second, 9 * second))
+    # Interrupted after step=4 was written and before last.ckpt was written again:
+    assert newest_checkpoint(folder).name == "epoch=0-step=4.ckpt"
+    lightning_deepspeed_checkpoint(folder / "last.ckpt", step=4, when_ns=3 * second)  # rewritten in place
+    os.utime(folder / "last.ckpt", ns=(1 * second, 1 * second))
+    assert newest_checkpoint(folder).name == "last.ckpt"
+    cfg = compose_train(["ckpt_path=last", f"paths.output_dir={tmp_path}"])
+    resumed = validate(cfg)
+    assert resumed == str(folder / "last.ckpt")
+    _validate_checkpoint_directory(resumed)  # what DeepSpeedStrategy.load_checkpoint checks first
+    # Without a `latest` (another writer's layout), a directory is as new as its newest file.
+    lightning_deepspeed_checkpoint(folder / "epoch=0-step=6.ckpt", step=6, when_ns=4 * second, latest=False)
+    assert newest_checkpoint(folder).name == "epoch=0-step=6.ckpt"
+
+
 def test_only_a_folder_that_holds_nothing_but_hydra_files_is_removed(tmp_path):
     run = tmp_path / "outputs" / "r" / "overrides" / "stage2"
     (run / ".hydra").mkdir(parents=True)
@@ -131,3 +183,111 @@ def test_an_override_of_the_stage_settings_view_is_refused_naming_the_key():
     with pytest.raises(RunRefused, match=r"stages\.stage1\.module\.optimizer\.lr=1e-3 instead"):
         check_overrides(["+stage_settings.module.optimizer.lr=1e-3"])
     check_overrides(["-m", "stage=1,2", "stages.stage2.steps=5"])  # the key itself passes
+
+
+def train_py(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` offline, its exit status and output (not checked here)."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [sys.executable, str(REPO / "train.py"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tiny_run(tmp_path: Path, *args: str) -> list[str]:
+    """debug=fast (2 steps of batch 4, 32 texts) in ``tmp_path/run``, with a cache of its own."""
+    return ["debug=fast", f"paths.run_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *args]
+
+
+EVERY_STEP_CHECKPOINT = (
+    "callbacks.checkpoint={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+    "dirpath: '${paths.output_dir}/checkpoints', save_last: true, every_n_train_steps: 1}"
+)
+
+
+def test_a_non_finite_loss_stops_the_stage_naming_it_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Stage 2 at lr 1e30: step 1 is finite, its update sends the attention to inf, and step 2's loss is NaN. The
+    stage stops there (exit status 1), naming stage, step, head and term; no student.pt; the step-1 checkpoint
+    stays and reads back (finite)."""
+    from jasper.storage.checkpoints import read_student
+
+    result = train_py(
+        *tiny_run(tmp_path, "stage=2", "stages.stage2.init_from=null", "stages.stage2.steps=4"),
+        "stages.stage2.module.optimizer.lr=1e30",
+        EVERY_STEP_CHECKPOINT,
+        "trainer.enable_checkpointing=true",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert (
+        "NonFiniteLoss: stage 2, step 2: the loss is not finite (term cos of head fc1 = nan" in result.stderr
+    )
+    assert "stages.stage2.module.optimizer.lr" in result.stderr
+    stage = tmp_path / "run" / "stage2"
+    assert not (stage / "student.pt").exists()
+    assert sorted(p.name for p in (stage / "checkpoints").iterdir()) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    assert read_student(stage / "checkpoints" / "last.ckpt").state  # finite, so read_student accepts it
+
+
+def test_a_stage_that_cannot_train_fails_naming_both_numbers(tmp_path):
+    """Fewer training texts than the batch: exit status 1 naming both numbers, no student.pt (Lightning alone
+    warns "No training batches" and the stage passes on its start as its student). Stage 1 with steps=0 and its
+    closed form is the solution alone: it still runs, on as few texts. steps=0 elsewhere is refused at once."""
+    few = train_py(*tiny_run(tmp_path, "stages.stage1.batch_size=64"))
+    assert few.returncode == 1, few.stderr[-3000:]
+    assert "32 training texts (after holding out data.val_texts and augmenting) but the batch size is 64" in (
+        few.stderr
+    )
+    assert not (tmp_path / "run" / "stage1" / "student.pt").exists()
+    closed_form = train_py(*tiny_run(tmp_path, "stages.stage1.batch_size=64", "stages.stage1.steps=0"))
+    assert closed_form.returncode == 0, closed_form.stderr[-3000:]
+    assert "FC1 solved in closed form" in closed_form.stdout + closed_form.stderr
+    assert (tmp_path / "run" / "stage1" / "student.pt").is_file()
+    zero = train_py(*tiny_run(tmp_path, "stage=2", "stages.stage2.steps=0"))
+    assert zero.returncode == 1
+    assert zero.stderr.strip().splitlines() == [
+        "error: stages.stage2.steps=0: stage 2 would train nothing and pass on the student it starts from as its "
+        "own; give it 1 or more steps (0 steps suits only a stage whose module solves FC1 in closed form: "
+        "stages.stage1.module.closed_form)"
+    ]
+    assert not (tmp_path / "run" / "stage2").exists()
+
+
+def test_zero_steps_are_refused_before_anything_loads_unless_a_closed_form_runs(tmp_path):
+    out = f"paths.output_dir={tmp_path}"
+    with pytest.raises(RunRefused, match=r"stages\.stage1\.steps=0: stage 1 would train nothing"):
+        validate(compose_train([out, "stages.stage1.steps=0", "stages.stage1.module.closed_form=null"]))
+    with pytest.raises(RunRefused, match=r"trainer\.max_steps=0"):
+        validate(compose_train([out, "stage=3", "trainer.max_steps=0"]))
+    assert validate(compose_train([out, "stages.stage1.steps=0"])) is None  # the embedded default solves FC1
+
+
+@pytest.mark.parametrize("name", ["..", "../elsewhere", "a/../../b", "/tmp/x"])
+def test_a_run_name_that_would_leave_outputs_is_refused(name, tmp_path):
+    with pytest.raises(RunRefused, match="run_name=.* cannot name a folder"):
+        validate(compose_train([f"paths.output_dir={tmp_path}", f"run_name={name}"]))
+    assert validate(compose_train([f"paths.output_dir={tmp_path}", "run_name=ablations/s1"])) is None
+
+
+def test_train_py_refuses_a_run_name_outside_outputs_and_a_mistyped_hub_id(tmp_path):
+    """Through train.py, run from an empty folder: run_name=.. would put the stage folder beside outputs/ (here:
+    in the working directory); it is refused in one line and leaves nothing. A mistyped hub id fails before any
+    model loads, naming the id (transformers' own error took 29 s of retries)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    climbing = train_py("debug=fast", "run_name=..", f"paths.cache_dir={tmp_path / 'cache'}", cwd=work)
+    assert climbing.returncode == 1
+    assert climbing.stderr.strip().splitlines()[-1].startswith("error: run_name='..' cannot name a folder")
+    assert [p.name for p in work.iterdir()] in ([], ["outputs"]) and not (work / "stage1").exists()
+    started = time.monotonic()
+    typo = train_py(
+        *tiny_run(tmp_path, "teachers.teachers.0.model_name_or_path=sentence-transformers/all-MiniLM-L6-v3")
+    )
+    assert typo.returncode == 1
+    assert (
+        "model sentence-transformers/all-MiniLM-L6-v3 is not a local folder and not in the local Hugging Face "
+        "cache, and the hub is off (HF_HUB_OFFLINE=1)" in typo.stderr
+    )
+    assert time.monotonic() - started < 120 and not (tmp_path / "run").exists()

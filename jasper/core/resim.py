@@ -81,7 +81,8 @@ def relative_similarity_loss(
     above and below it have an active hinge. Those counts come from rank thresholds (one sort, ``searchsorted``)
     and prefix dominance counts on a wavelet tree over the ranks (:func:`_prefix_rank_counts`): O(M log M) time and
     O(M) memory, M = B(B-1)/2, never an M x M matrix. Below 32768 pairs it runs on one intra-op thread.
-    float64 inputs are computed in float64, anything else in float32. Gradient flows to ``student`` only.
+    float64 inputs are computed in float64, anything else in float32. Gradient flows to ``student`` only. NaN/inf
+    student similarities give a NaN loss and gradient, as the reference does: the caller decides what to do.
 
     >>> s, t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
     >>> bool(torch.isclose(relative_similarity_loss(s, t), relative_similarity_loss_reference(s, t)))
@@ -148,12 +149,15 @@ class _OrderedHingeMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, order: Tensor, margin: float) -> Tensor:
         u = _upper_triangle(x.detach()).index_select(0, order)  # (M,) pair similarities in teacher order
-        sorted_u, low, high, by_rank = _ranked_active_counts(u, margin)  # all (M,), indexed by rank of u
+        ranked = _ranked_active_counts(u, margin)  # all (M,), indexed by rank of u; None: not all finite
+        if ranked is None:  # NaN in, NaN out (and a NaN gradient), as the plain formula gives
+            ctx.save_for_backward(x)
+            return x.new_tensor(float("nan"))
+        sorted_u, low, high, by_rank = ranked
         slope = low - high  # (M,) int32: d(sum of terms) / d u, per rank
-        # Each active term is u_low - u_high + margin, so the sum is sum_k u_k * slope_k + margin * #active.
-        margin_t = torch.tensor(
-            margin, dtype=u.dtype
-        ).double()  # the margin as the reference's dtype rounds it
+        # Each active term is u_low - u_high + margin, so the sum is sum_k u_k * slope_k + margin * #active
+        # (the margin rounded as the reference's dtype rounds it).
+        margin_t = torch.tensor(margin, dtype=u.dtype).double()
         total = (sorted_u.double() * slope.double()).sum() + margin_t.to(u.device) * low.sum(
             dtype=torch.float64
         )
@@ -164,6 +168,8 @@ class _OrderedHingeMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+        if len(ctx.saved_tensors) == 1:  # the forward met NaN/inf
+            return torch.full_like(ctx.saved_tensors[0], float("nan")), None, None
         x, pair_index, slope = ctx.saved_tensors
         b = len(x)
         with _one_thread_if_small(b * (b - 1) // 2, x.device):
@@ -176,11 +182,12 @@ class _OrderedHingeMean(torch.autograd.Function):
             return (grad_sim + grad_sim.T) @ x, None, None
 
 
-def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Active hinge counts of every element of ``u`` (teacher order), listed by the element's rank in ``u``.
 
-    Returns ``(sorted_u, low, high, by_rank)``, all ``(M,)``: ``by_rank`` (int64) is an ascending argsort of
-    ``u``, ``sorted_u = u[by_rank]``, and for the element at position ``i = by_rank[r]`` (int32 counts)::
+    Returns ``(sorted_u, low, high, by_rank)``, all ``(M,)``, or None when ``u`` holds NaN/inf: ``by_rank`` (int64)
+    is an ascending argsort of ``u``, ``sorted_u = u[by_rank]``, and for the element at ``i = by_rank[r]``
+    (int32 counts)::
 
         low[r]  = #{j > i: relu(u_i - u_j + margin) > 0}     (active as the lower element of a term)
         high[r] = #{k < i: relu(u_k - u_i + margin) > 0}     (active as the upper element)
@@ -200,9 +207,7 @@ def _ranked_active_counts(u: Tensor, margin: float) -> tuple[Tensor, Tensor, Ten
     del sorted_keys
     # NaN sorts last, so the two ends decide whether every value is finite.
     if not bool(torch.isfinite(sorted_u[[0, -1]]).all()):
-        raise ValueError(
-            "relative_similarity_loss: the student's pair similarities are not all finite (NaN or inf)"
-        )
+        return None
     qa, qb = _hinge_rank_thresholds(sorted_u, margin)  # (M,) int32 each
     m = len(u)
     ranks = torch.arange(m, dtype=torch.int32, device=u.device)

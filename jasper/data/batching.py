@@ -13,11 +13,29 @@ random sample of the corpus within a length band, and the batch order is shuffle
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+
+
+def check_full_batch(rows: int, batch_size: int, trainer: object | None, what: str, more: str) -> None:
+    """Raise, naming both numbers, when ``rows`` training rows make not one full batch on a process (training
+    batches are all full: ``drop_last``), where Lightning would only warn "no training batches" and end the stage
+    untrained. A fit of 0 steps (stage 1's closed form alone) needs no batch. ``more``: how to get more rows."""
+    if trainer is not None and getattr(trainer, "max_steps", -1) == 0:
+        return
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    per_process = math.ceil(rows / world)  # Lightning's DistributedSampler deals each process its share
+    if per_process >= batch_size:
+        return
+    share = f" ({per_process} a process over {world})" if world > 1 else ""
+    raise ValueError(
+        f"{rows} training {what}{share} but the batch size is {batch_size}: not one full batch, so the stage "
+        f"cannot train a step. Lower stages.stageN.batch_size, or {more}"
+    )
 
 
 class EpochRandomSampler(RandomSampler):

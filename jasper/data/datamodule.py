@@ -19,6 +19,7 @@ from jasper.data.batching import (
     LengthBucketBatchSampler,
     ResumableBatchSampler,
     ResumableDataLoader,
+    check_full_batch,
 )
 from jasper.data.files import RejectedRow
 from jasper.data.text_dataset import CachedRows, Collator, DistillTextDataset
@@ -220,7 +221,11 @@ class TextDistillDataModule(L.LightningDataModule):
             if ensemble:
                 return self.teachers.encode(texts)
             return torch.cat([encode_all(e, texts, self.teachers.batch_size) for e in encoders], dim=-1)
-        reader = cache.reader(encoders, weights=self.teachers.weights if ensemble else None)
+        reader = cache.reader(
+            encoders,
+            weights=self.teachers.weights if ensemble else None,
+            target_dim=self.teachers.target_dim if ensemble else None,
+        )
         log.info("%s for %d texts read from %s", what, len(texts), cache.root)
         return CachedRows(reader, reader.lookup(text_ids(texts)))
 
@@ -274,6 +279,13 @@ class TextDistillDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Seeded per epoch and resumable mid-epoch (jasper/data/batching.py): a run resumed from a checkpoint sees
         exactly the batches an uninterrupted one would."""
+        check_full_batch(
+            len(self.train_set),
+            self.batch_size,
+            self.trainer,
+            "texts (after holding out data.val_texts and augmenting)",
+            "give the stage more texts (data.max_texts, data.source)",
+        )
         sampler = EpochRandomSampler(self.train_set, seed=self.seed)
         if self.length_buckets:
             lengths = [len(t) for t in self.train_set.texts]

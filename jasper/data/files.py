@@ -1,9 +1,9 @@
 """Local text files whose bad rows are rejected and counted with their ``file:line``, not raised deep inside a
 reader: `LocalFiles` is `TextFiles` with ``.jsonl`` read line by line (other formats as `TextFiles` reads them).
 
-A JSONL line that is not JSON, not an object, has no ``text_field`` or a value that is not a string (a number, null,
-a list) becomes a `RejectedRow`; the DataModule counts it by reason and logs where the first few were. A file whose
-first lines are none of them JSON objects is not JSONL at all: it fails at once, naming the file.
+A JSONL line that is not valid UTF-8, not JSON, not an object, has no ``text_field`` or a value that is not a string
+(a number, null, a list) becomes a `RejectedRow`; the DataModule counts it by reason and logs where the first few
+were. A file whose first lines are none of them JSON objects is not JSONL at all: it fails at once, naming the file.
 """
 
 from __future__ import annotations
@@ -26,6 +26,23 @@ class RejectedRow:
     where: str
 
 
+INVALID_UTF8 = "invalid UTF-8"  # a line's rejection reason when its bytes do not decode
+
+
+def decoded_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """``(line number, text)`` of every non-blank line of ``path``; the text is None where the line's bytes are not
+    valid UTF-8 (never replaced by U+FFFD: such a row is rejected, not trained on with a replacement character)."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+                continue
+            if line.strip():
+                yield number, line
+
+
 def _parse(line: str) -> dict | None:
     try:
         row = json.loads(line)
@@ -37,12 +54,11 @@ def _parse(line: str) -> dict | None:
 def check_jsonl(path: Path, field: str) -> None:
     """Fail naming ``path`` when it is not JSONL, or when none of its first rows has ``field``."""
     probe = []
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            if line.strip():
-                probe.append(_parse(line))
-            if len(probe) == PROBE_LINES:
-                break
+    for _, line in decoded_lines(path):
+        if line is not None:  # a line that is not UTF-8 is a bad row, counted later, not a sign of the format
+            probe.append(_parse(line))
+        if len(probe) == PROBE_LINES:
+            break
     parsed = [row for row in probe if row is not None]
     if probe and not parsed:
         raise ValueError(
@@ -57,21 +73,20 @@ def check_jsonl(path: Path, field: str) -> None:
 
 def jsonl_texts(path: Path, field: str) -> Iterator[str | RejectedRow]:
     """``row[field]`` of every line of ``path`` that holds a string there; a `RejectedRow` for every other line
-    (blank lines are skipped)."""
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            row = _parse(line)
-            if row is None:
-                yield RejectedRow("broken JSON", where)
-            elif field not in row:
-                yield RejectedRow(f"no {field!r}", where)
-            elif not isinstance(row[field], str):
-                yield RejectedRow("non-text", where)
-            else:
-                yield row[field]
+    (blank lines are skipped; a line that is not UTF-8 is rejected as ``invalid UTF-8``)."""
+    for number, line in decoded_lines(path):
+        where = f"{path}:{number}"
+        row = _parse(line) if line is not None else None
+        if line is None:
+            yield RejectedRow(INVALID_UTF8, where)
+        elif row is None:
+            yield RejectedRow("broken JSON", where)
+        elif field not in row:
+            yield RejectedRow(f"no {field!r}", where)
+        elif not isinstance(row[field], str):
+            yield RejectedRow("non-text", where)
+        else:
+            yield row[field]
 
 
 class LocalFiles(TextFiles):

@@ -36,14 +36,28 @@ class ImageFolderPairs:
                 f"(rows with '{self.image_key}' and '{self.caption_key}')"
             )
         with self.index.open(encoding="utf-8", newline="") as f:
-            if self.index.suffix == ".csv":
-                rows: Iterator[dict] = csv.DictReader(f)
-            else:
-                rows = (json.loads(line) for line in f if line.strip())
+            rows: Iterator[dict] = csv.DictReader(f) if self.index.suffix == ".csv" else self._json_rows(f)
             for row in rows:
                 image = str(row.get(self.image_key) or "")
                 path = Path(image) if Path(image).is_absolute() else self.root / image
                 yield (str(path) if image else ""), row.get(self.caption_key)
+
+    def _json_rows(self, lines: Iterator[str]) -> Iterator[dict]:
+        """The index's JSON objects; a line that is not one fails, naming the index file and the line."""
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                row = error
+            if not isinstance(row, dict):
+                problem = row if isinstance(row, json.JSONDecodeError) else f"a JSON {type(row).__name__}"
+                raise ValueError(
+                    f"{self.index}:{number} is not a JSON object ({problem}): each line of the index is one object "
+                    f"with '{self.image_key}' and '{self.caption_key}'; fix or delete that line"
+                )
+            yield row
 
 
 def _write_index(folder: Path, rows: list[dict]) -> None:

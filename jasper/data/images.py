@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from jasper.data.batching import check_full_batch
 from jasper.data.image_sources import Pair
 from jasper.models.vision import load_rgb
 
@@ -198,6 +199,13 @@ class ImageCaptionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        check_full_batch(
+            len(self.train_pairs),
+            self.batch_size,
+            self.trainer,
+            "image-caption pairs (after holding out images.val_pairs)",
+            "give the stage more pairs (images.max_pairs, images.source)",
+        )
         return self._loader(self.train_pairs, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

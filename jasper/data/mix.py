@@ -14,6 +14,8 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from jasper.data.files import INVALID_UTF8, RejectedRow
+
 log = logging.getLogger(__name__)
 
 
@@ -106,6 +108,9 @@ class TextsOf:
 class JsonRows:
     """Whole rows of JSON-lines (``.jsonl``, ``.jsonl.gz``; a row may be a list) or parquet files, streamed.
 
+    A line that is not UTF-8 becomes a `jasper.data.files.RejectedRow` (counted by the DataModule with its
+    ``file:line``); a line that is not JSON fails, naming the file and the line.
+
     ``paths`` may hold globs and ``hf://datasets/...`` URLs (read through fsspec; needs the hub).
     """
 
@@ -144,7 +149,20 @@ class JsonRows:
                 for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
                     yield from batch.to_pylist()
             return
-        with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as file:
-            for line in file:
-                if line.strip():
+        where = path.removeprefix("file://")
+        with fsspec.open(path, "rb", compression="infer") as file:
+            for number, raw in enumerate(file, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:  # counted and rejected by the DataModule, never a U+FFFD text
+                    yield RejectedRow(INVALID_UTF8, f"{where}:{number}")
+                    continue
+                if not line.strip():
+                    continue
+                try:
                     yield json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{where}:{number} is not a JSON row ({error}): fix or delete that line (one JSON value "
+                        "per line), or leave the file out of the source's paths"
+                    ) from None

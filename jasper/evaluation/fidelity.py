@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from jasper.core.disk import check_name
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.models.student import FC1, Student
@@ -38,6 +39,7 @@ def fidelity_row(
 
 def report(cfg: DictConfig) -> str:
     """Build the run's teachers, student and held-out data from ``cfg``; score init and every finished stage."""
+    check_name(cfg.run_name, "run_name", subfolders=True)  # the report is written into the run's folder
     run_dir = Path(cfg.paths.run_dir)
     stages = stage_students(run_dir)
     if not stages:

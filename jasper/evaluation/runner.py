@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from jasper.core.disk import check_name
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.evaluation.encoder import Encoder
@@ -203,8 +204,8 @@ def default_out_dir(cfg: Mapping) -> str:
     if cfg.get("out_dir"):
         return str(cfg["out_dir"])
     runs = Path(str(cfg.get("runs_dir") or "outputs"))
-    owner = runs / str(cfg["run_name"]) if cfg.get("run_name") else runs
-    return str(owner / "eval" / str(cfg["eval"].get("name") or "eval"))
+    owner = runs / check_name(cfg["run_name"], "run_name", subfolders=True) if cfg.get("run_name") else runs
+    return str(owner / "eval" / check_name(cfg["eval"].get("name") or "eval", "eval.name"))
 
 
 def _teacher_vectors(

@@ -4,14 +4,17 @@ back (``student.pt``, a Lightning ``.ckpt`` or a DeepSpeed directory) for export
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
+from jasper.core.disk import atomic_write, load_tensors
 from jasper.models.student import STUDENT_KEYS, Student
 
 log = logging.getLogger(__name__)
@@ -35,16 +38,56 @@ def stage_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def run_inside(folder: str | Path, depth: int = 4) -> Path | None:
+    """The first sign of a training run or a repository in ``folder`` or up to ``depth`` levels below it (a sweep's
+    stage folders sit 3 levels under ``outputs``): a ``.hydra`` or ``.git`` folder, a stage folder (``stage3``) or
+    a Lightning checkpoint (``*.ckpt``); None when there is none. Symbolic links are not followed."""
+    level = [Path(folder)]
+    for _ in range(depth + 1):
+        below = []
+        for parent in level:
+            try:
+                entries = list(os.scandir(parent))
+            except OSError:
+                continue
+            for entry in entries:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if entry.name in (".hydra", ".git") or entry.name.endswith(".ckpt"):
+                    return Path(entry.path)
+                if is_dir and stage_number(entry.name) is not None:
+                    return Path(entry.path)
+                if is_dir:
+                    below.append(entry.path)
+        level = below
+    return None
+
+
 def save_student(student: Student, path: str | Path) -> None:
-    """``student.pt``: how to rebuild the student, its weights, and which MRL heads a stage has trained."""
+    """``student.pt``: how to rebuild the student, its weights, and which MRL heads a stage has trained. Written
+    crash-safe (temporary file, fsync, rename); a student with NaN/inf weights is refused, not written."""
     path = Path(path)
+    state = student.state_dict()
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(
+            f"the student's weights {bad[:5]} ({len(bad)} tensor(s)) hold NaN/inf: {path} is not written"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": student.describe(),
-        "state_dict": student.state_dict(),
+        "state_dict": state,
         HEADS_TRAINED: sorted(student.heads_trained, key=int),
     }
-    torch.save(payload, path)
+    atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def non_finite(state: Mapping[str, object]) -> list[str]:
+    """The keys of the floating-point tensors of ``state`` that hold a NaN or an inf."""
+    return [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())
+    ]
 
 
 @dataclass(frozen=True)
@@ -75,20 +118,27 @@ def read_student(path: str | Path) -> StoredStudent:
             )
         with tempfile.TemporaryDirectory() as tmp:
             return read_student(convert_deepspeed(path, Path(tmp) / "fp32.ckpt"))
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" not in payload:
+    payload = load_tensors(path)  # weights_only: a shared checkpoint cannot run code
+    if not isinstance(payload, dict) or "state_dict" not in payload:
         raise ValueError(f"{path} holds neither a student.pt payload nor a Lightning checkpoint")
     heads_trained = set(payload.get(HEADS_TRAINED, ()))
     if "config" in payload:  # student.pt
         hydra_config = path.parent / ".hydra" / "config.yaml"
         train_config = yaml.safe_load(hydra_config.read_text()) if hydra_config.is_file() else None
-        return StoredStudent(payload["config"], payload["state_dict"], heads_trained, train_config)
-    # A Lightning checkpoint of a stage module: the student's keys carry a prefix, the run config is a hyper-parameter.
-    state = {
-        k.removeprefix("student."): v for k, v in payload["state_dict"].items() if k.startswith("student.")
-    }
-    train_config = (payload.get("hyper_parameters") or {}).get("config")
-    return StoredStudent(None, state, heads_trained, train_config)
+        stored = StoredStudent(payload["config"], payload["state_dict"], heads_trained, train_config)
+    else:  # a Lightning checkpoint of a stage module: the student's keys carry a prefix, the config is a hparam
+        weights = payload["state_dict"]
+        state = {k.removeprefix("student."): v for k, v in weights.items() if k.startswith("student.")}
+        train_config = (payload.get("hyper_parameters") or {}).get("config")
+        stored = StoredStudent(None, state, heads_trained, train_config)
+    bad = non_finite(stored.state)
+    if bad:
+        raise ValueError(
+            f"{path} holds NaN/inf weights in {bad[:5]} ({len(bad)} tensor(s)): the stage that wrote it diverged. "
+            "Use an earlier checkpoint of that stage, or train it again with a lower "
+            "stages.stageN.module.optimizer.lr"
+        )
+    return stored
 
 
 def is_deepspeed_dir(path: str | Path) -> bool:
@@ -241,9 +291,23 @@ def resolve_init_from(
 
 def newest_checkpoint(folder: str | Path) -> Path | None:
     """The Lightning checkpoint written last under ``folder`` (``last.ckpt`` or a ``step=N`` one: an interrupt
-    between the two writes leaves the other one older), or None."""
-    found = [p for p in Path(folder).glob("*.ckpt") if p.is_file()]
-    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt")) if found else None
+    between the two writes leaves the other one older), or None. A checkpoint is a ``.ckpt`` file or, under
+    DeepSpeed, a ``.ckpt`` directory (:func:`is_deepspeed_dir`), dated by :func:`written_at`."""
+    found = [p for p in Path(folder).glob("*.ckpt") if p.is_file() or is_deepspeed_dir(p)]
+    return max(found, key=lambda p: (written_at(p), p.name == "last.ckpt")) if found else None
+
+
+def written_at(checkpoint: Path) -> int:
+    """When a checkpoint was last written whole (ns). A file: its mtime. A DeepSpeed directory (Lightning's
+    strategy calls ``engine.save_checkpoint(path, tag="checkpoint")``: ``checkpoint/*model_states.pt``,
+    ``checkpoint/*optim_states.pt``, ``zero_to_fp32.py``, then ``latest``): its ``latest`` file, which DeepSpeed
+    writes after every state file, or without one its newest file. Not the directory's own mtime: rewriting
+    ``last.ckpt/`` in place adds no entry to it, so that mtime stays at the first save."""
+    if checkpoint.is_file():
+        return checkpoint.stat().st_mtime_ns
+    latest = checkpoint / "latest"
+    files = [latest] if latest.is_file() else [p for p in checkpoint.rglob("*") if p.is_file()]
+    return max(p.stat().st_mtime_ns for p in files)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | None:
@@ -259,5 +323,8 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | N
             )
         return str(newest)
     if not Path(ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt path, or ckpt_path=last")
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} does not exist: give a .ckpt path (a DeepSpeed .ckpt directory under "
+            "trainer=deepspeed_zero2), or ckpt_path=last"
+        )
     return ckpt_path

@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from jasper.core.disk import check_name
 from jasper.core.losses import SETTINGS, DistillLoss
 from jasper.storage.checkpoints import resolve_ckpt_path, stage_number
 from jasper.training.assembly import assemble, stage_settings
@@ -52,6 +53,21 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
+def check_steps(cfg: DictConfig) -> None:
+    """A stage of 0 steps trains nothing and would hand on the student it started from as its own: refused, except
+    where the module solves something in closed form first (stage 1's ``closed_form``: the solution alone)."""
+    settings = stage_settings(cfg)
+    closed_form = (settings.get("module") or {}).get("closed_form")
+    max_steps = (cfg.get("trainer") or {}).get("max_steps", settings.steps)
+    for key, steps in ((f"stages.stage{cfg.stage}.steps", settings.steps), ("trainer.max_steps", max_steps)):
+        if steps == 0 and closed_form is None:
+            raise ValueError(
+                f"{key}=0: stage {cfg.stage} would train nothing and pass on the student it starts from as its "
+                f"own; give it 1 or more steps (0 steps suits only a stage whose module solves FC1 in closed "
+                f"form: stages.stage1.module.closed_form)"
+            )
+
+
 class RunRefused(ValueError):
     """A configuration that cannot run here, found before any model loads; the message is one line naming the
     key to change (train.py prints it without a traceback)."""
@@ -61,7 +77,8 @@ def validate(cfg: DictConfig) -> str | None:
     """Everything checked before a model loads; returns the checkpoint to resume from (``ckpt_path``)."""
     try:
         check_accelerator(cfg)
-        stage_settings(cfg)  # an unknown stage
+        check_steps(cfg)  # and an unknown stage
+        check_name(cfg.run_name, "run_name", subfolders=True)
         return resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir) / "checkpoints")
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         raise RunRefused(str(error)) from None
@@ -152,7 +169,8 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a resumed checkpoint holds tensors and plain values only, and cannot run code on load
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except torch.OutOfMemoryError as error:
         raise torch.OutOfMemoryError(oom_message(cfg)) from error
     metric = trainer.callback_metrics.get(cfg.optimized_metric)

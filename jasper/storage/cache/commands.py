@@ -51,4 +51,9 @@ def _verify_corpus(root: Path) -> list[str]:
                 f"{file.relative_to(root)}: damaged, not readable JSON ({error}); delete it and run "
                 "python precompute.py with the run's data= and teachers= to rebuild it"
             )
-    return damaged or TeacherCache(root).verify()
+    if damaged:
+        return damaged
+    try:
+        return TeacherCache(root).verify()
+    except (ValueError, OSError) as error:  # ids.npy truncated or unreadable: named, not a crash
+        return [str(error)]

@@ -14,8 +14,8 @@ class PooledFeatures:
     """The student's frozen encoder as a cache encoder: mean-pooled last hidden states, float32, not normalised.
 
     Stage 1 trains FC1 only, so these features are a fixed function of the text: cached once, FC1 trains on
-    them without running the encoder. The folder name carries a hash of the encoder's weights, so a student
-    initialised differently never reads another's features.
+    them without running the encoder. The folder name carries a hash of the encoder's weights and the max
+    length, so a student initialised differently, or one that reads longer texts, never reads another's features.
     """
 
     normalize = False
@@ -25,7 +25,7 @@ class PooledFeatures:
     def __init__(self, student: torch.nn.Module) -> None:
         self.student = student
         self.weights = weights_digest(student.encoder)
-        self.name = f"student-features-{self.weights}"
+        self.name = f"student-features-{self.weights}-len{student.max_length}"
         self.model_name_or_path = student.model_name_or_path
         self.prompt = student.prompt
         self.max_length = student.max_length

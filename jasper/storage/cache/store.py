@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from jasper.core.disk import atomic_write, exclusive
 from jasper.models.encoders import check_finite, encode_all
+from jasper.models.ensemble import check_target_dim
 from jasper.storage.cache.format import (
     CORPUS_FILE,
     FORMAT,
@@ -22,6 +23,7 @@ from jasper.storage.cache.format import (
     MANIFEST,
     SHARD,
     SHARD_ROWS,
+    CacheDamaged,
     CacheMismatch,
     _read_json,
     _write_json,
@@ -55,7 +57,13 @@ class TeacherCache:
         return _read_json(self.root / CORPUS_FILE)
 
     def ids(self) -> np.ndarray:
-        return np.load(self.root / IDS_FILE, mmap_mode="r")
+        try:
+            return np.load(self.root / IDS_FILE, mmap_mode="r")
+        except (ValueError, OSError) as error:
+            raise CacheDamaged(
+                f"teacher cache file {self.root / IDS_FILE} is truncated or unreadable ({error}): delete "
+                f"{self.root} and run python precompute.py with the run's data= and teachers= to rebuild it"
+            ) from None
 
     def teacher_dir(self, encoder: object) -> Path:
         return self.root / slug(encoder.name)
@@ -119,9 +127,9 @@ class TeacherCache:
         total = sum((shards[i][1] - shards[i][0]) for e in todo for i in missing[id(e)])
         if not todo:
             return
-        log.info("encoding %d text(s) into %s for %s", total, self.root, [e.name for e in todo])
         progress = tqdm(total=total, unit="text", desc="precompute", disable=not show_progress, smoothing=0.1)
         started = time.perf_counter()
+        encoded = 0  # texts this process encoded itself (not those another builder wrote while it waited)
         for encoder in todo:
             folder = self.teacher_dir(encoder)
             folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +138,7 @@ class TeacherCache:
             # first one's half-written shard before that one's rename.
             with exclusive(folder / LOCK, f"the {encoder.name} vectors of {self.root}"):
                 if self.manifest(encoder) is not None:
+                    log.info("the %s vectors of %s were finished by another process", encoder.name, self.root)
                     progress.update(sum(shards[i][1] - shards[i][0] for i in missing[id(encoder)]))
                     continue
                 # Temporary files are a killed build's leftovers: the lock holder is the only writer.
@@ -137,6 +146,16 @@ class TeacherCache:
                     stale.unlink()
                 _write_json(folder / "fingerprint.json", fingerprint(encoder))
                 dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
+                todo_rows = [
+                    shards[i] for i in missing[id(encoder)] if not (folder / SHARD.format(i)).exists()
+                ]
+                if todo_rows:
+                    log.info(
+                        "encoding %d text(s) into %s for %s",
+                        sum(stop - start for start, stop in todo_rows),
+                        self.root,
+                        encoder.name,
+                    )
                 for index in missing[id(encoder)]:
                     start, stop = shards[index]
                     if (folder / SHARD.format(index)).exists():  # written by a builder this one waited for
@@ -148,12 +167,13 @@ class TeacherCache:
                         vectors = F.normalize(vectors.float(), dim=-1)
                     array = vectors.numpy().astype(dtype)
                     atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
+                    encoded += stop - start
                 self._finish(encoder, ids, shards)
         progress.close()
-        if total:
+        if encoded:
             seconds = time.perf_counter() - started
             log.info(
-                "encoded %d text(s) in %.1f s (%.1f texts/s)", total, seconds, total / max(seconds, 1e-9)
+                "encoded %d text(s) in %.1f s (%.1f texts/s)", encoded, seconds, encoded / max(seconds, 1e-9)
             )
 
     def _finish(self, encoder: object, ids: np.ndarray, shards: list[tuple[int, int]]) -> None:
@@ -182,11 +202,24 @@ class TeacherCache:
 
     # Reading.
     def reader(
-        self, encoders: Sequence[object], check_shards: bool = True, weights: Sequence[float] | None = None
+        self,
+        encoders: Sequence[object],
+        check_shards: bool = True,
+        weights: Sequence[float] | None = None,
+        target_dim: int | None = None,
     ) -> CacheReader:
         """Random access to the concatenated rows of ``encoders`` (each must be built and match), each scaled by
         its weight (default 1). Every shard's size and digest are checked once here (`check_shard_files`), so a
-        damaged cache is refused before training reads it."""
+        damaged cache is refused before training reads it. ``target_dim`` (``teachers.target_dim``): the cached
+        teachers' sizes must add up to it, or the cache is refused naming each one's."""
+        stored = [self.manifest(encoder) for encoder in encoders]
+        if all(stored):
+            check_target_dim(
+                [(m["teacher"]["name"], m["teacher"]["dim"]) for m in stored],
+                target_dim,
+                f"the teacher vectors cached in {self.root}",
+                f"delete {self.root} to encode this run's teachers again",
+            )
         manifests = []
         for encoder in encoders:
             self.check(encoder)

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper.storage.cache.format import MANIFEST, array_digest
-
-
-class CacheDamaged(ValueError):
-    """A finished cache whose shard files no longer hold what the manifest recorded."""
+from jasper.storage.cache.format import MANIFEST, CacheDamaged, array_digest
 
 
 def check_shard_files(folder: Path, manifest: dict) -> None:
@@ -59,7 +55,7 @@ def verify_teacher(folder: Path, manifest: dict, ids: np.ndarray, corpus: dict) 
             continue
         try:
             array = np.load(path, mmap_mode="r")
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             problems.append(f"{name}: unreadable ({error})")
             start += rows
             continue

@@ -21,7 +21,11 @@ from torch import Tensor, nn
 from jasper.core.losses import DistillLoss
 from jasper.core.metrics import teacher_fidelity
 from jasper.models.student import FC1, Student
-from jasper.storage.checkpoints import HEADS_TRAINED
+from jasper.storage.checkpoints import HEADS_TRAINED, non_finite
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term (or, at a checkpoint, a weight) became NaN or inf: the stage stops (:meth:`DistillModule.check_finite`)."""
 
 
 class DistillModule(L.LightningModule):
@@ -92,10 +96,47 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         vectors = self(batch)
         terms = self.losses(vectors, self.teacher(batch))
+        self.check_finite(terms)
         size = len(next(iter(vectors.values())))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "total"}, batch_size=size)
         self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=size)
         return terms["total"]
+
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop the stage at the first step whose loss holds a NaN or an inf (on any rank), naming the stage, the
+        step, the head and the term. It is raised before the backward pass, so no update is made with it: the last
+        Lightning checkpoint stays the last good one, and no ``student.pt`` is written (``SaveStudent`` runs only at
+        the end of a fit that finished). One device sync per step."""
+        values = {name: torch.as_tensor(value).detach() for name, value in terms.items()}
+        bad = not bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values.values()])).all())
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        found = [
+            f"term {name.partition('/loss_')[2]} of head {name.partition('/')[0]} = {float(v)}"
+            if "/loss_" in name
+            else f"{name} = {float(v)}"
+            for name, v in values.items()
+            if not bool(torch.isfinite(v).all())
+        ]
+        stage = self.stage_name()
+        raise NonFiniteLoss(
+            f"{stage}, step {self.global_step + 1}: the loss is not finite ("
+            + ("; ".join(found) or "on another rank")
+            + f"). The stage stops here; its last checkpoint (if any) predates this step and no student.pt is "
+            f"written. Lower the learning rate (stages.stage{self.stage_number() or 'N'}.module.optimizer.lr) or "
+            "check the teacher vectors (python precompute.py verify=true)"
+        )
+
+    def stage_number(self) -> int | None:
+        """The stage this module trains, from the run's config (``save_hyperparameters`` in ``train.build``)."""
+        stage = (self.hparams.get("config") or {}).get("stage")
+        return int(stage) if stage is not None else None
+
+    def stage_name(self) -> str:
+        number = self.stage_number()
+        return f"stage {number}" if number is not None else type(self).__name__
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         vectors = self(batch, heads=self.student.head_names)
@@ -137,6 +178,13 @@ class DistillModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[HEADS_TRAINED] = sorted(self.student.heads_trained, key=int)
+        bad = non_finite(checkpoint["state_dict"])  # a finite loss can leave NaN weights (NaN gradients)
+        if bad:
+            raise NonFiniteLoss(
+                f"{self.stage_name()}, step {self.global_step}: weights {bad[:5]} hold NaN/inf; the checkpoint is "
+                "not written (the previous one is the last good one). Lower the learning rate "
+                f"(stages.stage{self.stage_number() or 'N'}.module.optimizer.lr)"
+            )
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A frozen encoder stays in eval mode: dropout off, so its features are a fixed function of the text.
