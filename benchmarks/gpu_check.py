@@ -14,7 +14,8 @@ OUT_DIR/gpu_check.json + gpu_check.md are rewritten after each, so a run stopped
    (or until the phase's time is up); per batch the step time, tokens/s, peak GPU memory and MFU. Each of the four
    searches runs in its own process.
 4. ``checkpoint``: a short stage-3 run (the 1.5B shape cut to 2 layers, to keep the files small) writes a
-   DeepSpeed checkpoint, a second run resumes from it (global step, weights and the loss on a fixed batch continue),
+   DeepSpeed checkpoint, a second run resumes from it with ``ckpt_path=last`` (found as train.py finds it; global
+   step, weights and the loss on a fixed batch continue),
    ``export.py`` exports it, sentence-transformers reloads the folder and its vectors are compared with the trained
    module's and with the consolidated fp32 weights'.
 5. ``resim``: the relative-similarity loss at B = 1024, 4096, 16384 (time, memory, forward + backward), and
@@ -574,10 +575,13 @@ def weights_digest(student) -> str:
 
 
 def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda: bool) -> None:
-    """Write a (DeepSpeed) checkpoint, resume from it, export it with export.py, reload in sentence-transformers."""
+    """Write a (DeepSpeed) checkpoint, resume from it with ``ckpt_path=last`` (resolved as train.py resolves it),
+    export it with export.py, reload in sentence-transformers."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
+
+    from jasper.training.run import validate
 
     texts = json.loads((work / "texts.json").read_text())
     folder = work / "checkpoint"
@@ -607,8 +611,17 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
             self._measure("end", trainer, module)
 
     runs = {}
-    for name, steps, resume in [("first", k, None), ("resumed", 2 * k, "last")]:
-        cfg = compose(settings, tokenizer, work, "checkpoint", [*overrides, f"stages.stage3.steps={2 * k}"])
+    resolved = None
+    for name, steps, resume in [("first", k, "null"), ("resumed", 2 * k, "last")]:
+        cfg = compose(
+            settings,
+            tokenizer,
+            work,
+            "checkpoint",
+            [*overrides, f"stages.stage3.steps={2 * k}", f"ckpt_path={resume}"],
+        )
+        # As train.py resolves it: ckpt_path=last -> the newest checkpoint (on the GPU a DeepSpeed directory).
+        resolved = validate(cfg)
         student, module, datamodule = build_run(cfg, texts, cuda)
         if not probe:
             datamodule.setup("fit")
@@ -617,7 +630,7 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
         trainer = make_trainer(cfg, callbacks, max_steps=steps)
         last = Path(cfg.callbacks.checkpoint.dirpath) / "last.ckpt"
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolved)
         runs[name] = {
             "probe": callbacks[1].seen,
             "losses": callbacks[2].losses,
@@ -643,6 +656,13 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
         ok=last.exists(),
         path=str(last),
         deepspeed=last.is_dir(),
+    )
+    record(
+        out,
+        "checkpoint",
+        check="ckpt_path=last finds it",
+        value=Path(resolved).name if resolved else None,
+        ok=resolved == str(last),
     )
     record(
         out,

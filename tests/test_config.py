@@ -105,6 +105,20 @@ def test_paper_recipe():
     )
 
 
+def test_paper_faithful_choices_are_the_papers_default_and_the_embedded_runs_pin_theirs():
+    """Stage 3's reduction over heads and stage 4's pooling (docs/losses.md, docs/vision.md): the paper's configs
+    take the official code's mean and the released model's 300-token parameter-free pooling; the embedded default
+    (and the experiments whose results are recorded) keep the sum, the embedded tower its grid + projector."""
+    paper = compose_train(["experiment=jasper_paper"])
+    assert paper.stages.stage3.module.head_reduction == "mean"
+    assert (paper.vision.pooling, paper.vision.num_tokens) == ("adaptive_avg", 300)
+    embedded = compose_train([])
+    assert embedded.stages.stage3.module.head_reduction == "sum"
+    assert embedded.vision.pooling == "grid_projector"
+    for experiment in ("mini_jasper", "jasper_analogue"):
+        assert compose_train([f"experiment={experiment}"]).stages.stage3.module.head_reduction == "sum"
+
+
 def test_stage3_with_custom_heads_composes_and_instantiates(minilm_path):
     cfg = compose_train(["stage=3", "model.mrl_dims=[512,768,1024]"])
     student = instantiate(cfg.model, fc1_dim=768)

@@ -45,7 +45,7 @@ def test_cpu_smoke_runs_every_phase(tmp_path):
     assert configs == {(2, False), (2, True), (3, False), (3, True)}
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in result["steps"])
     checks = {r["check"]: r["ok"] for r in result["checkpoint"]}
-    assert len(checks) == 8 and all(checks.values()), checks
+    assert len(checks) == 9 and all(checks.values()), checks
     assert result["resim"][0]["max_rel_error_vs_reference"] < 1e-4
     assert [r["batch"] for r in result["resim"][1:]] == [64, 128, 256]
     assert {r["what"].split(",")[0] for r in result["loader"]} == {

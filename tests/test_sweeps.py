@@ -144,3 +144,125 @@ def test_hparams_search_optuna_composes():
         "loss.margin",
         "stages.stage1.module.optimizer.lr",
     }
+
+
+def test_stage_chain_launches_each_stage_after_the_one_before():
+    """The submitit launchers' chaining (hydra_plugins/jasper_sweeper/submitit_launchers.py) over a launcher that
+    records its batches: stage 1's jobs, then stage 2's, then stage 3's, whatever the sweep's order; returns in the
+    jobs' order; a failed job stops the chain before the next stage."""
+    import pytest
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.jasper_sweeper.submitit_launchers import StageChain
+    from jasper.training.sweeps import stage_batches
+
+    class Recorder:
+        def __init__(self, failing: str | None = None) -> None:
+            self.batches: list[tuple[list[list[str]], int]] = []
+            self.failing = failing
+
+        def launch(self, job_overrides, initial_job_idx):
+            self.batches.append(([list(job) for job in job_overrides], initial_job_idx))
+            return [
+                JobReturn(overrides=job, status=JobStatus.FAILED, _return_value=RuntimeError("diverged"))
+                if self.failing in job
+                else JobReturn(overrides=job, status=JobStatus.COMPLETED, _return_value=" ".join(job))
+                for job in job_overrides
+            ]
+
+    class Launcher(StageChain, Recorder):
+        pass
+
+    jobs = [[f"a={a}", f"stage={s}"] for a in ("x", "y") for s in (3, 1, 2)]  # `a` swept before `stage`
+    assert stage_batches(jobs) == [[1, 4], [2, 5], [0, 3]]
+    assert stage_batches([["a=x"], ["a=y"]]) == [[0, 1]]  # no stage named: one batch
+    launcher = Launcher()
+    returns = launcher.launch(jobs, initial_job_idx=10)
+    assert [[job[1] for job in batch] for batch, _ in launcher.batches] == [
+        ["stage=1", "stage=1"],
+        ["stage=2", "stage=2"],
+        ["stage=3", "stage=3"],
+    ]
+    assert [start for _, start in launcher.batches] == [10, 12, 14]
+    assert [r.return_value for r in returns] == [" ".join(job) for job in jobs]
+    failing = Launcher(failing="stage=2")
+    with pytest.raises(RuntimeError, match="diverged"):
+        failing.launch(jobs, initial_job_idx=0)
+    assert len(failing.batches) == 2  # stage 3 never launched
+
+
+def test_local_launcher_runs_each_stage_as_its_own_process_after_the_one_before(tmp_path, corpus_file):
+    """`python train.py -m stage=1,2 hydra/launcher=local`: two submitit jobs (two processes: submitit's local job id
+    is the process id), stage 2 submitted after stage 1's result was written, and initialised from its student."""
+    from tests.test_pipeline import train
+
+    train(
+        [
+            "-m",
+            "stage=1,2",
+            "hydra/launcher=local",
+            "debug=fast",
+            f"paths.run_dir={tmp_path}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "data=local_files",
+            f"data.source.paths=[{corpus_file}]",
+        ]
+    )
+    jobs = sorted((tmp_path / ".submitit").glob("*/*_submitted.pkl"), key=lambda p: p.stat().st_mtime)
+    assert len(jobs) == 2 and jobs[0].parent != jobs[1].parent and int(jobs[0].parent.name) != os.getpid()
+    (first_result,) = jobs[0].parent.glob("*_0_result.pkl")
+    assert first_result.stat().st_mtime <= jobs[1].stat().st_mtime  # stage 2 waited for stage 1
+    (run,) = {p.parent for p in tmp_path.glob("**/stage2")}
+    assert (
+        f"student initialised from {run / 'stage1' / 'student.pt'}"
+        in (run / "stage2" / "train.log").read_text()
+    )
+    assert {p.parent.name for p in jobs[0].parent.glob("*_0_log.out")}  # submitit's own logs are kept
+
+
+def test_slurm_launcher_composes_the_papers_8_gpu_jobs(tmp_path, monkeypatch):
+    """docs/gpu.md's SLURM command as it composes (no cluster here): the launcher is built from the config and
+    launched up to the point of submitting (submitit's map_array, stopped), with a stand-in `srun` on PATH so that
+    submitit's SLURM executor can be made; the sbatch file it would submit asks for one node, 8 GPUs and 8 tasks
+    (one per GPU, as Lightning reads SLURM), and only stage 1 is submitted first."""
+    import pytest
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import jasper.training.resolvers  # noqa: F401
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = ["experiment=jasper_paper", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[*overrides, f"paths.run_dir={tmp_path / 'run'}"], return_hydra_config=True
+        )
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "JasperSlurmLauncher"
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    submitted = []
+
+    def map_array(executor, function, *args):
+        submitted.append((executor, args))
+        raise InterruptedError("stop before sbatch")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    with pytest.raises(InterruptedError):
+        launcher.launch([[f"stage={s}", *overrides] for s in (1, 2, 3, 4)], initial_job_idx=0)
+    ((executor, args),) = submitted
+    assert [overrides[0] for overrides in args[0]] == ["stage=1"]  # stage 1 alone, the others wait
+    sbatch = executor._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --nodes=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --time=1440",
+    ):
+        assert line in sbatch, sbatch
+    (tmp_path / "sbatch.txt").write_text(sbatch)

@@ -76,3 +76,45 @@ def test_tower_is_not_part_of_student_pt_and_round_trips(tiny_bert, tmp_path):
     before = encode_images(student, tower, images(), FC1)
     after = encode_images(student, loaded, images(), FC1)
     assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_adaptive_avg_pooling_is_the_released_models_parameter_free_pool(tmp_path):
+    """pooling=adaptive_avg: AdaptiveAvgPool2d((T, H)) over the (N, D) patch-token matrix, as the released
+    jasper_en_vision_language_v1 (729 x 1152 -> 300 x 1536): token i of width j averages patches
+    floor(iN/T)..ceil((i+1)N/T) and channels floor(jD/H)..ceil((j+1)D/H) (written out here, uneven windows). No
+    parameters beyond the backbone, which gets the gradient; vision.pt keeps the choice."""
+    torch.manual_seed(0)
+    tower = VisionTower(48, pooling="adaptive_avg", num_tokens=3, timm_kwargs=TINY_VIT)
+    assert tower.projector is None and tower.num_tokens == 3
+    assert {name.split(".")[0] for name, _ in tower.named_parameters()} == {"backbone"}
+    pixels = tower.preprocess(images())
+    tokens = tower(pixels)
+    assert tokens.shape == (4, 3, 48)
+    patches = tower.backbone.forward_features(pixels)[:, tower.num_prefix_tokens :]  # (4, 16, 32)
+    n, d = patches.shape[1:]
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    patches[
+                        :, (i * n) // 3 : -(-(i + 1) * n // 3), (j * d) // 48 : -(-(j + 1) * d // 48)
+                    ].mean((1, 2))
+                    for j in range(48)
+                ],
+                dim=-1,
+            )
+            for i in range(3)
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(tokens, expected)
+    tokens.sum().backward()
+    assert tower.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    save_vision(tower, tmp_path / "vision.pt")
+    loaded = load_vision(tmp_path / "vision.pt")
+    assert loaded.pooling == "adaptive_avg" and loaded.num_tokens == 3
+    torch.testing.assert_close(loaded(pixels), tokens.detach())
+    with pytest.raises(ValueError, match="needs vision.num_tokens"):
+        VisionTower(48, pooling="adaptive_avg", timm_kwargs=TINY_VIT)
+    with pytest.raises(ValueError, match="vision.pooling='mlp'"):
+        VisionTower(48, pooling="mlp", timm_kwargs=TINY_VIT)

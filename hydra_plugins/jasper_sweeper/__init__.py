@@ -1,1 +1,2 @@
-"""jasper's Hydra plugins: Hydra instantiates a sweeper only from the ``hydra_plugins`` namespace package."""
+"""jasper's Hydra plugins (the Optuna sweeper, the stage-chaining submitit launchers): Hydra instantiates a sweeper
+or launcher only from the ``hydra_plugins`` namespace package."""

@@ -81,6 +81,18 @@ def first_stage_changed(
     return int(first) if first != math.inf else 10**6
 
 
+def stage_batches(jobs: Sequence[Sequence[str]]) -> list[list[int]]:
+    """The jobs of one launch (each its overrides) grouped by their ``stage=`` value, lowest stage first, as indices
+    into ``jobs`` in their order; jobs that name no stage form one group. A launcher that runs a group's jobs at
+    once launches the groups one after another, so every stage-k job starts after every stage k-1 has finished
+    (Hydra's basic launcher gets the same by running one job at a time)."""
+    groups: dict[str, list[int]] = {}
+    for index, job in enumerate(jobs):
+        stage = next((o.split("=", 1)[1] for o in job if _key(o) == "stage"), "")
+        groups.setdefault(stage, []).append(index)
+    return [groups[stage] for stage in sorted(groups, key=_sort_key)]
+
+
 def write_job_metrics(
     path: str | Path, optimized_metric: str, metrics: Mapping[str, Any], **info: Any
 ) -> Path:

@@ -8,7 +8,7 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from jasper.core.losses import DistillLoss
+from jasper.core.losses import TERMS, DistillLoss
 from jasper.models.student import FC1, Student
 from jasper.training.stages.base import DistillModule
 
@@ -30,6 +30,13 @@ class Stage3(DistillModule):
 
     ``head_teacher="fc1"``: the heads learn the student's own FC1 vectors (detached) instead of the teachers'
     (self-distillation, the paper's proposed but untested idea); ``"teacher"``: the teachers' vectors (paper).
+
+    ``head_reduction``: how the heads' in-batch terms (sim + resim, weighted) combine. ``"mean"``, as the official
+    code (NLPJCL/RAG-Retrieval, ``rag_retrieval/train/embedding/model_distill.py``: ``similarity_loss`` and
+    ``triplet_loss`` summed over the MRL dims, the full one included, then divided by ``len(mrl_dims)``):
+    ``cos(FC1) + mean over FC1 and the heads of (sim + resim)``, FC1's cosine counted once. ``"sum"``: every
+    head's weighted total added, so n heads weigh n times more against FC1 (jasper before it was a setting; the
+    embedded default keeps it). With ``keep_fc1_loss=False`` the mean is over the heads alone.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class Stage3(DistillModule):
         head_lr: float | None = None,
         head_init: str = "fc1_prefix",
         head_teacher: str = "teacher",
+        head_reduction: str = "mean",
         **kwargs,
     ) -> None:
         if not student.mrl_dims:
@@ -50,6 +58,10 @@ class Stage3(DistillModule):
             raise ValueError(f"stages.stage3.module.head_init={head_init!r}: choose fc1_prefix or random")
         if head_teacher not in ("teacher", "fc1"):
             raise ValueError(f"stages.stage3.module.head_teacher={head_teacher!r}: choose teacher or fc1")
+        if head_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"stages.stage3.module.head_reduction={head_reduction!r}: choose mean (official code) or sum"
+            )
         if loss.weights["similarity"] == 0 and loss.weights["relative_similarity"] == 0:
             raise ValueError(
                 "stage 3 trains the MRL heads with the in-batch losses only (the cosine loss needs the teacher's "
@@ -59,6 +71,7 @@ class Stage3(DistillModule):
             )
         self.keep_fc1_loss = keep_fc1_loss
         self.head_teacher = head_teacher
+        self.head_reduction = head_reduction
         self.head_lr = head_lr
         super().__init__(student, loss, **kwargs)
         if head_init == "fc1_prefix":
@@ -86,12 +99,28 @@ class Stage3(DistillModule):
         if self.keep_fc1_loss:
             heads.insert(0, (FC1, True, teacher))
         terms: dict[str, Tensor] = {}
-        total = 0.0
+        totals = []  # each head's weighted total, FC1's cosine term included
         for head, use_cosine, target in heads:
             head_terms, head_total = self.head_losses(head, vectors[head], target, use_cosine)
             terms.update(head_terms)
-            total = total + head_total
-        return {**terms, "total": total}
+            totals.append(head_total)
+        if self.head_reduction == "sum":
+            return {**terms, "total": sum(totals)}
+        return {**terms, "total": self.mean_over_heads(terms, [head for head, _, _ in heads])}
+
+    def mean_over_heads(self, terms: dict[str, Tensor], heads: list[str]) -> Tensor:
+        """``w_cos * cos(FC1) + (1 / n) * sum over the n heads of (w_sim * sim + w_resim * resim)``, from the
+        logged terms (``fc1/loss_cos``, ``512/loss_sim``, ...); a term the loss left out (weight 0) counts 0."""
+        weights = self.loss.weights
+        in_batch = [
+            weights[name] * terms[key]
+            for head in heads
+            for name in ("similarity", "relative_similarity")
+            if (key := f"{head}/loss_{TERMS[name]}") in terms
+        ]
+        cosine = terms.get(f"{FC1}/loss_{TERMS['cosine']}")
+        total = sum(in_batch) / len(heads)
+        return total + weights["cosine"] * cosine if cosine is not None else total
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """Stage 4: the vision tower learns to put an image where the student puts its caption.
 
-Image tokens (:class:`jasper.models.vision.VisionTower`: timm encoder, k x k pooling, MLP projector) enter the student's
-language model as input embeddings, then go through its mean pooling, FC1 and heads. The teacher of each head is the
-caption's vector from the *same* head of the frozen text path (no autograd), so dimensions match and the cosine term
-applies on every head (stage 3 could not use it only because a reduced head was compared with the full teacher).
+Image tokens (:class:`jasper.models.vision.VisionTower`: timm encoder, then the released model's parameter-free
+pooling or a k x k grid + MLP projector) enter the student's language model as input embeddings, then go through
+its mean pooling, FC1 and heads. The teacher of each head is the caption's vector from the *same* head of the
+frozen text path (no autograd), so dimensions match and the cosine term applies on every head (stage 3 could not
+use it only because a reduced head was compared with the full teacher).
 
 ``jasper.training.run.build`` builds the tower (``vision=``, ``stages.stage4.vision_init_from``), gives the data
 module the tower's preprocessing and the loss stage 4's weights (``stages.stage4.loss``); callbacks write
