@@ -53,6 +53,20 @@ DEFAULT = ["teachers=minilm6", "data.source.sources=[gcide]", "stages.stage2.mod
 THREE_TERMS = ["stages.stage2.loss.similarity=200", "stages.stage2.loss.relative_similarity=20"]
 COSINE_ONLY = ["loss.similarity=0", "loss.relative_similarity=0"]
 
+MIX_SOURCES = ["gcide", "chitchat", "sharegpt_questions", "sharegpt_passages"]
+
+
+def mix(*shares: int) -> list[str]:
+    """data=english_mix with these shares (in MIX_SOURCES order; a zero share leaves a source out)."""
+    share_text = ",".join(f"{name}:{share}" for name, share in zip(MIX_SOURCES, shares, strict=True))
+    return ["data=english_mix", "data.source.sources=null", f"data.source.shares={{{share_text}}}"]
+
+
+def only(source: str) -> list[str]:
+    """One corpus source alone, all its kept texts."""
+    return ["data=english_mix", f"data.source.sources=[{source}]", "data.source.shares=null"]
+
+
 VARIANTS: dict[str, Variant] = {
     "base": Variant(
         "base: english_prose (gcide + docstrings), both teachers, closed-form stage 1 + 150 polishing steps, stage 2 lr 1e-4"
@@ -213,6 +227,36 @@ VARIANTS: dict[str, Variant] = {
         start="make_demo",
     ),
     "corpus_python_docs": Variant("corpus: stdlib docstrings (the old default)", ["data=python_docs"]),
+    # Round 3: the corpus (data=english_mix's sources), every stage retrained from the current default.
+    **{
+        f"mix_{label}": Variant(f"default on {what}", [*DEFAULT, *corpus])
+        for label, what, corpus in [
+            ("chitchat", "chitchat alone", only("chitchat")),
+            ("questions", "ShareGPT questions alone", only("sharegpt_questions")),
+            ("passages", "ShareGPT passages (80 words) alone", only("sharegpt_passages")),
+            ("4211", "english_mix 40/20/10/30 (gcide/chitchat/questions/passages)", mix(4, 2, 1, 3)),
+            ("3214", "english_mix 30/20/10/40", mix(3, 2, 1, 4)),
+            ("5203", "english_mix 50/20/0/30 (no questions)", mix(5, 2, 0, 3)),
+            ("6202", "english_mix 60/20/0/20 (GCIDE-heavy, no questions)", mix(6, 2, 0, 2)),
+            ("7003", "english_mix 70/0/0/30 (GCIDE + passages)", mix(7, 0, 0, 3)),
+            ("2224", "english_mix 20/20/20/40", mix(2, 2, 2, 4)),
+            (
+                "4211_p40",
+                "english_mix 40/20/10/30, passages cut to 40 words",
+                [*mix(4, 2, 1, 3), "data.source.passage_words=40"],
+            ),
+            (
+                "4211_p120",
+                "english_mix 40/20/10/30, passages cut to 120 words",
+                [*mix(4, 2, 1, 3), "data.source.passage_words=120"],
+            ),
+            (
+                "4211_len256",
+                "english_mix 40/20/10/30, training length 256 tokens",
+                [*mix(4, 2, 1, 3), "model.max_length=256"],
+            ),
+        ]
+    },
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
 }
 

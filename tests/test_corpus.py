@@ -1,9 +1,12 @@
 import itertools
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jasper.data.corpus import EnglishProse, filter_texts, gcide_texts, normalise, reject_reason
+from jasper.data.corpus import _CODE, EnglishProse, filter_texts, gcide_texts, normalise, reject_reason
 from jasper.data.datamodule import TextDistillDataModule
 from jasper.models.ensemble import TeacherEnsemble
 from jasper.models.teachers import HuggingFaceTeacher
@@ -144,3 +147,15 @@ def test_a_source_with_nothing_usable_fails_naming_it(tmp_path):
     (folder / "words_A.json").write_text(json.dumps({"x": {"pos": [{"definitions": [{"text": "f(x)"}]}]}}))
     with pytest.raises(ValueError, match="corpus source 'gcide' yielded no text"):
         EnglishProse(str(tmp_path), sources=["gcide"], gcide_dir=str(folder)).build()
+
+
+# The code rule as first written, one alternative per sign: the reference the merged pattern must equal.
+REFERENCE_CODE = re.compile(
+    r">>>|\.\.\.\s|::|->|=>|==|!=|\w\(|\)\.|\w\[|[{}<>$`\\]|\w_\w|__|\w\.\w+\(|https?:|www\.|\w/\w|\w=\w|\s=\s|;\s*$"
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet="ab_Z1 .=/([)]:;-<>!>\\{}`$hwtps\n", max_size=40))
+def test_the_merged_code_pattern_matches_exactly_where_the_reference_does(text):
+    assert bool(_CODE.search(text)) == bool(REFERENCE_CODE.search(text))

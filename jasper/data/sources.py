@@ -13,6 +13,8 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 
 # Folders of the standard library that hold tests, demos or vendored code rather than documentation.
@@ -129,3 +131,43 @@ class HubDataset:
                     f"column {self.text_field!r} not in {self.path} (columns: {list(row)}); set data.source.text_field"
                 )
             yield row[self.text_field]
+
+
+def python_roots() -> list[Path]:
+    """The standard library and the site-packages of the running interpreter."""
+    paths = sysconfig.get_paths()
+    return sorted({Path(paths[k]) for k in ("stdlib", "purelib", "platlib") if Path(paths[k]).is_dir()})
+
+
+# Besides _SKIP_PARTS: test helpers and vendored copies inside installed packages.
+_PACKAGE_SKIP_PARTS = {
+    "test",
+    "tests",
+    "testing",
+    "idle_test",
+    "__pycache__",
+    "turtledemo",
+    "lib2to3",
+    "_vendor",
+    "vendor",
+}
+
+
+def docstring_texts(roots: Sequence[Path]) -> Iterator[str]:
+    """Prose paragraphs (blank-line separated) of module, class and function docstrings under ``roots``."""
+    files = sorted(
+        path
+        for root in roots
+        for path in root.rglob("*.py")
+        if not _PACKAGE_SKIP_PARTS & set(path.relative_to(root).parts[:-1])
+    )
+    for path in tqdm(files, desc="docstrings", unit="file", mininterval=2.0):
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
+            continue  # fixtures in other encodings or Python versions: not ours to read
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=True)
+                if doc:
+                    yield from doc.split("\n\n")
