@@ -17,6 +17,9 @@ from hydra.utils import instantiate
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.storage.cache import TeacherCache
 from jasper.training.precompute import precompute
+from tests.test_disk import (
+    HOLDER,  # a process holding a build lock (a plain filelock, as another precompute would)
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REPO = CONF.parent
@@ -130,18 +133,6 @@ def test_rows_that_are_not_utf8_are_counted_with_the_other_rejected_rows(tiny_be
     root = precompute(compose_config("precompute", overrides(tiny_bert, rows_file, tmp_path / "cache")))
     rejected = json.loads((root / "corpus.json").read_text())["rejected"]
     assert rejected["invalid UTF-8"] == 1 and rejected["non-text"] == 2  # beside the rows rejected before
-
-
-# Another process holds a teacher folder's build lock (a plain filelock, as another precompute would) until its
-# stdin closes.
-HOLDER = (
-    "import sys, filelock\n"
-    "lock = filelock.FileLock(sys.argv[1])\n"
-    "lock.acquire()\n"
-    "print('held', flush=True)\n"
-    "sys.stdin.read()\n"
-    "lock.release()\n"
-)
 
 
 def test_a_second_precompute_says_it_waits_and_claims_no_work_it_did_not_do(tiny_bert, rows_file, tmp_path):

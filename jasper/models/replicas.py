@@ -170,18 +170,20 @@ def _modules(folder: Path, dense: str | None) -> None:
     _write_json(folder / "modules.json", modules)
 
 
+# Both stand-ins' decoders: 2 layers of width HIDDEN, grouped-query attention as the real ones.
+TINY_DECODER = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=2 * HIDDEN,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
 def write_stella(folder: Path) -> None:
     """stella_en_1.5B_v5's layout, with a 2-layer Qwen2 of hidden size 32 and every Dense head at its real size."""
     vocab = _tokenizer(folder)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=131072,
-    )
+    config = Qwen2Config(vocab_size=vocab, **TINY_DECODER, max_position_embeddings=131072)
     AutoModel.from_config(config).save_pretrained(folder)
     _pooling(folder, HIDDEN)
     _modules(folder, f"2_Dense_{STELLA_DEFAULT_HEAD}")
@@ -211,16 +213,7 @@ def write_nvembed(folder: Path) -> None:
     """NV-Embed-v2's layout: its remote code (the stand-in's), config, weights, tokenizer, sentence-transformers
     files. 4096-d output from a 2-layer Mistral of hidden size 32."""
     vocab = _tokenizer(folder, eos="</s>")
-    text = MistralConfig(
-        vocab_size=vocab,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        sliding_window=None,
-    )
+    text = MistralConfig(vocab_size=vocab, **TINY_DECODER, max_position_embeddings=32768, sliding_window=None)
     latent = LatentAttentionConfig(hidden_dim=NV_EMBED_DIM, latent_dim=NV_EMBED_DIM, input_dim=HIDDEN)
     model = NVEmbedModel(NVEmbedConfig(latent_attention_config=latent, text_config=text))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
