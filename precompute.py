@@ -3,6 +3,7 @@
 python precompute.py [teachers=...] [data=...] [key=value ...]   # same config groups as train.py
 python precompute.py verify=true                                 # this run's cache: hashes, row counts, NaN/inf
 python precompute.py verify=all                                  # every corpus under paths.cache_dir; exit 1 on any problem
+torchrun --standalone --nproc_per_node=N precompute.py [...]     # N processes (GPUs) sharing the shards of one cache
 See docs/cache.md.
 """
 

@@ -1,20 +1,21 @@
 import json
+import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
+import signal
 import threading
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from jasper.core.disk import exclusive
 from jasper.models.ensemble import TeacherEnsemble
 from jasper.models.teachers import HuggingFaceTeacher
 from jasper.storage.cache import CacheMismatch, TeacherCache, text_ids, verify_cache_dir, verify_tree
 from jasper.storage.cache.format import LOCK
+from jasper.storage.cache.ranks import Ranks
 
 SHARD_ROWS = 16
 
@@ -85,37 +86,39 @@ def test_teachers_concatenate_at_read_time_and_a_new_teacher_encodes_only_itself
     assert not torch.allclose(weighted, both, atol=2e-3)
 
 
-KILLER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    import torch
-    torch.set_num_threads(1)
-    import jasper.storage.cache as cache
-    from jasper.models.teachers import HuggingFaceTeacher
+# Children forked from this process inherit the loaded teacher (no second import of torch and transformers: ~1 s
+# per child instead of ~5 s). Safe here: every test runs torch on one thread (`one_thread`), so no OpenMP pool is
+# copied mid-use. A child patches only its own copy of a function to die at a chosen point.
+FORK = multiprocessing.get_context("fork")
 
-    model, root, texts_file, point, count = sys.argv[1:6]
-    count = int(count)
-    texts = json.load(open(texts_file))
-    teacher = HuggingFaceTeacher(model, max_length=32)
+
+def die_after(count, function):
+    """``function`` that SIGKILLs its process on call ``count + 1``: a kill at a chosen point, in a child only."""
     calls = {"n": 0}
 
-    def die_after(function):
-        def wrapped(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > count:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return function(*args, **kwargs)
-        return wrapped
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(*args, **kwargs)
 
-    if point == "encode":          # in the middle of a shard's batches
-        teacher.encode = die_after(teacher.encode)
-    elif point == "rename":        # shard written and fsynced, not yet renamed into place
-        os.replace = die_after(os.replace)  # the cache's writes rename through os.replace
-    elif point == "manifest":      # every shard in place, no manifest yet
-        cache.TeacherCache._finish = die_after(cache.TeacherCache._finish)
-    cache.TeacherCache(root).build(texts, [teacher], batch_size=2, shard_rows=16, show_progress=False)
-    """
-)
+    return wrapped
+
+
+def build_then_die(root, texts, teacher, point, count):
+    if point == "encode":  # in the middle of a shard's batches
+        teacher.encode = die_after(count, teacher.encode)
+    elif point == "rename":  # shard written and fsynced, not yet renamed into place
+        os.replace = die_after(count, os.replace)  # the cache's writes rename through os.replace
+    elif point == "manifest":  # every shard in place, no manifest yet
+        TeacherCache._finish = die_after(count, TeacherCache._finish)
+    TeacherCache(root).build(texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False)
+
+
+def counting_encode(teacher, calls):
+    """Record the number of texts of every ``encode`` call (an instance attribute; ``del teacher.encode`` undoes)."""
+    encode = teacher.encode
+    teacher.encode = lambda chunk, batch_size: calls.append(len(chunk)) or encode(chunk, batch_size)
 
 
 # Where each kill leaves the build: the shards finished (renamed into place) and whether a shard's temporary
@@ -127,21 +130,13 @@ KILLER = textwrap.dedent(
     [("encode", 5, 2, False), ("rename", 6, 3, True), ("manifest", 0, 5, False)],
 )
 def test_a_build_killed_anywhere_resumes_bitwise_identical(
-    tmp_path, texts, teacher, tiny_bert, reference, point, count, finished, temporary
+    tmp_path, texts, teacher, reference, point, count, finished, temporary
 ):
-    texts_file = tmp_path / "texts.json"
-    texts_file.write_text(json.dumps(texts))
     root = tmp_path / "cache"
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    result = subprocess.run(
-        [sys.executable, str(script), tiny_bert, str(root), str(texts_file), point, str(count)],
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == -9, result.stderr[-2000:]  # SIGKILL
+    child = FORK.Process(target=build_then_die, args=(root, texts, teacher, point, count))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL
     cache = TeacherCache(root)
     assert cache.manifest(teacher) is None
     assert verify_tree(root) != []  # an unfinished build is reported as such
@@ -151,8 +146,7 @@ def test_a_build_killed_anywhere_resumes_bitwise_identical(
     for name in done:  # what survived the kill is already the uninterrupted build's bytes
         assert (cache.teacher_dir(teacher) / name).read_bytes() == shard_bytes(reference, teacher)[name]
     calls = []
-    encode = teacher.encode
-    teacher.encode = lambda chunk, batch_size: calls.append(len(chunk)) or encode(chunk, batch_size)
+    counting_encode(teacher, calls)
     try:
         cache.build(texts, [teacher], batch_size=2, show_progress=False)
     finally:
@@ -165,6 +159,109 @@ def test_a_build_killed_anywhere_resumes_bitwise_identical(
     assert shard_bytes(cache, teacher) == shard_bytes(reference, teacher)
     assert cache.manifest(teacher)["shards"] == reference.manifest(teacher)["shards"]
     assert verify_tree(root) == []
+
+
+def build_as_rank(rank, world, store, root, texts, teacher, kill_on_rename, report):
+    """One rank of a distributed build (what ``torchrun ... precompute.py`` runs in each process), over gloo.
+    ``kill_on_rename``: SIGKILL at that os.replace of this rank (its shards' renames). Writes to ``report`` the
+    texts it encoded, or the error it raised."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    calls = []
+    counting_encode(teacher, calls)
+    if kill_on_rename is not None:
+        os.replace = die_after(kill_on_rename - 1, os.replace)
+    try:
+        TeacherCache(root).build(
+            texts, [teacher], batch_size=2, shard_rows=SHARD_ROWS, show_progress=False, distributed=True
+        )
+    except Exception as error:
+        report.write_text(json.dumps({"error": str(error)}))
+        os._exit(3)  # the other ranks wait for this one: the parent stops them, as torchrun would
+    dist.destroy_process_group()
+    report.write_text(json.dumps({"encoded": sum(calls)}))
+
+
+def start_ranks(tmp_path, run, world, roots, texts, teacher, kill=None):
+    """``world`` forked ranks building ``roots[rank]`` from ``texts`` (or ``texts[rank]``, a list per rank);
+    ``kill``: {rank: the os.replace call to die on}."""
+    ranks = []
+    for rank in range(world):
+        own = texts[rank] if isinstance(texts[0], list) else texts
+        args = (rank, world, tmp_path / f"store-{run}", roots[rank], own, teacher, (kill or {}).get(rank))
+        ranks.append(FORK.Process(target=build_as_rank, args=(*args, tmp_path / f"{run}-{rank}.json")))
+        ranks[-1].start()
+    return ranks
+
+
+def stop(process):
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=30)
+
+
+def test_ranks_share_one_build_and_a_killed_job_resumes_with_other_ranks_bitwise_identical(
+    tmp_path, texts, teacher, reference
+):
+    """Two ranks encode disjoint shards of one folder (5 missing: rank 0 takes 0, 2, 4; rank 1 takes 1, 3). Rank 1
+    is killed while renaming its first shard into place; rank 0 writes its three, then stops at the meeting
+    point without writing a manifest (torchrun too stops the other ranks when one dies). Three ranks then resume it:
+    they split the two missing shards (rank 0 takes 1, rank 1 takes 3), keep every finished shard untouched,
+    clear the dead rank's temporary file, and end with the single-process build's bytes and manifest."""
+    root = tmp_path / "cache"
+    folder = TeacherCache(root).teacher_dir(teacher)
+    first = start_ranks(tmp_path, "first", 2, [root, root], texts, teacher, kill={1: 1})
+    try:
+        first[1].join(timeout=120)
+        assert first[1].exitcode == -signal.SIGKILL
+        # Rank 0 writes its three shards and reaches the meeting point, where gloo finds rank 1 gone and raises
+        # (the job is over, as torchrun would end it): no manifest, and not the missing-shards error that a rank 0
+        # hashing the shards without waiting for rank 1 would raise.
+        first[0].join(timeout=120)
+        report = json.loads((tmp_path / "first-0.json").read_text())
+        assert first[0].exitcode == 3 and "gloo" in report["error"], report
+    finally:
+        for process in first:
+            stop(process)
+    done = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*.npy")}
+    assert sorted(done) == [f"shard-{i:05d}.npy" for i in (0, 2, 4)]
+    assert [p.name.split(".")[1] for p in folder.glob(".*.tmp")] == ["shard-00001"]  # the dead rank's rename
+    assert TeacherCache(root).manifest(teacher) is None
+    resumed = start_ranks(tmp_path, "resumed", 3, [root] * 3, texts, teacher)
+    for process in resumed:
+        process.join(timeout=120)
+    reports = [json.loads((tmp_path / f"resumed-{rank}.json").read_text()) for rank in range(3)]
+    assert [p.exitcode for p in resumed] == [0, 0, 0], reports
+    assert [r["encoded"] for r in reports] == [SHARD_ROWS, SHARD_ROWS, 0]  # shards 1 and 3, once each
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*.npy") if p.name in done} == done
+    assert not list(folder.glob(".*.tmp"))
+    assert shard_bytes(TeacherCache(root), teacher) == shard_bytes(reference, teacher)
+    assert (folder / "manifest.json").read_bytes() == (
+        reference.teacher_dir(teacher) / "manifest.json"
+    ).read_bytes()
+    assert verify_tree(root) == []
+
+
+def test_ranks_that_do_not_share_the_cache_folder_or_the_texts_are_refused(tmp_path, texts, teacher):
+    """Ranks on nodes whose paths.cache_dir is each node's own disk would each hold part of the shards: rank 1 does
+    not find the corpus.json that rank 0 wrote, and says what to change. Ranks whose data differ (a source read in
+    another order) would write other texts' vectors into rank 0's rows: refused too."""
+    with pytest.raises(RuntimeError, match="start the command with torchrun"):
+        Ranks(distributed=True)  # no process group
+    apart = start_ranks(tmp_path, "apart", 2, [tmp_path / "node0", tmp_path / "node1"], texts[:20], teacher)
+    shuffled = [texts[:20], texts[:20][::-1]]
+    other = start_ranks(tmp_path, "other", 2, [tmp_path / "shared"] * 2, shuffled, teacher)
+    try:
+        apart[1].join(timeout=120)
+        other[1].join(timeout=120)
+    finally:
+        for process in (*apart, *other):
+            stop(process)
+    assert apart[1].exitcode == 3 and other[1].exitcode == 3
+    error = json.loads((tmp_path / "apart-1.json").read_text())["error"]
+    assert f"rank 1 of 2 does not see {tmp_path / 'node1'}" in error
+    assert "paths.cache_dir must be on a file system that every node mounts" in error
+    error = json.loads((tmp_path / "other-1.json").read_text())["error"]
+    assert "rank 1 of 2 has other texts" in error and "every rank must read the same texts" in error
 
 
 def test_a_second_builder_waits_for_the_first_and_leaves_its_files_alone(tmp_path, texts, teacher, reference):

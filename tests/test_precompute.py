@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
-from jasper.storage.cache import TeacherCache
+from jasper.storage.cache import TeacherCache, verify_cache_dir
 from jasper.training.precompute import precompute
 from tests.test_disk import (
     HOLDER,  # a process holding a build lock (a plain filelock, as another precompute would)
@@ -49,7 +50,7 @@ def overrides(tiny_bert, rows_file, cache_dir):
         f"data.source.paths=[{rows_file}]",
         "data.val_texts=6",
         "+data.max_chars=1000",
-        "+data.shard_rows=16",
+        "data.shard_rows=16",
         f"teachers.teachers=[{teacher}]",
         "teachers.batch_size=4",
         f"paths.cache_dir={cache_dir}",
@@ -102,29 +103,47 @@ def test_online_teachers_write_no_cache(tiny_bert, rows_file, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_precompute_command_line(tiny_bert, rows_file, tmp_path):
-    args = overrides(tiny_bert, rows_file, tmp_path / "cache")
+def corpus_files(cache_dir):
+    """Every file of the one corpus folder under ``cache_dir`` (relative path -> bytes), the lock file aside."""
+    (root,) = Path(cache_dir).glob("corpus-*")
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".build.lock"
+    }
+
+
+def test_two_torchrun_processes_write_the_single_process_cache_byte_for_byte(tiny_bert, rows_file, tmp_path):
+    """The documented command (docs/cache.md), ``torchrun --standalone --nproc_per_node=2 precompute.py ...``: two
+    CPU processes over gloo share the shards and write the cache one process writes, byte for byte: every shard,
+    ids.npy, corpus.json, the fingerprint and the one manifest. Then ``verify=all`` on it, damaged: exit status 1.
+    (``python precompute.py`` alone, as a command, runs in the waiting-build test below.)"""
+    precompute(compose_config("precompute", overrides(tiny_bert, rows_file, tmp_path / "cache")))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    run = subprocess.run(
-        [sys.executable, "precompute.py", *args],
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ranks = subprocess.run(
+        [*torchrun, "precompute.py", *overrides(tiny_bert, rows_file, tmp_path / "torchrun")],
         cwd=REPO,
-        env=env,
+        env={**env, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "text/s" in run.stderr  # the progress bar
-    roots = list((tmp_path / "cache").glob("corpus-*"))
-    assert len(roots) == 1 and TeacherCache(roots[0]).verify() == []
+    assert ranks.returncode == 0, ranks.stdout[-3000:] + ranks.stderr[-3000:]
+    assert "text/s" in ranks.stderr  # the progress bars
+    for rank in (0, 1):  # each encoded its share
+        assert re.search(rf"encoding \d+ text\(s\) into .* for tiny \(rank {rank} of 2\)", ranks.stdout)
+    files = corpus_files(tmp_path / "cache")
+    assert len([name for name in files if name.startswith("tiny/shard-")]) >= 2
+    assert corpus_files(tmp_path / "torchrun") == files
     # verify=all: every corpus under paths.cache_dir (precompute's own log folder there is not one), no teacher.
-    verify = [sys.executable, "precompute.py", "verify=all", f"paths.cache_dir={tmp_path / 'cache'}"]
-    check = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert check.returncode == 0 and "cache OK" in check.stdout, check.stdout + check.stderr[-3000:]
-    (roots[0] / "tiny" / "manifest.json").write_text("{")  # a damaged manifest: named, exit status 1
+    (root,) = (tmp_path / "torchrun").glob("corpus-*")
+    assert verify_cache_dir(tmp_path / "torchrun") == 0
+    (root / "tiny" / "manifest.json").write_text("{")  # a damaged manifest: named, exit status 1
+    verify = [sys.executable, "precompute.py", "verify=all", f"paths.cache_dir={tmp_path / 'torchrun'}"]
     check = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 1, check.stderr[-3000:]
-    assert f"PROBLEM {roots[0].name}/tiny/manifest.json: damaged" in check.stdout
+    assert f"PROBLEM {root.name}/tiny/manifest.json: damaged" in check.stdout
     assert "cache OK" not in check.stdout
 
 

@@ -189,6 +189,7 @@ class TextDistillDataModule(L.LightningDataModule):
         encoders: Sequence[object],
         show_progress: bool = True,
         precomputed: bool = True,
+        distributed: bool = False,
     ) -> None:
         cache = self.cache(texts, precomputed)
         stats = {"rejected": dict(self.rejected), "val_texts": self.val_texts, "seed": self.seed}
@@ -199,16 +200,21 @@ class TextDistillDataModule(L.LightningDataModule):
             self.shard_rows,
             stats=stats,
             show_progress=show_progress,
+            distributed=distributed,
         )
 
     def _built_cache(
-        self, texts: list[str], encoders: Sequence[object], precomputed: bool = True
+        self,
+        texts: list[str],
+        encoders: Sequence[object],
+        precomputed: bool = True,
+        distributed: bool = False,
     ) -> TeacherCache | None:
         """The cache of these encoders' vectors, with whatever it lacked encoded (nothing when it is complete or
         a precomputed ``teacher_cache``); None when the vectors are computed in memory instead."""
         cache = self.cache(texts, precomputed)
         if cache is not None and not (self.teacher_cache and precomputed):
-            self.build_cache(texts, encoders, precomputed=precomputed)
+            self.build_cache(texts, encoders, precomputed=precomputed, distributed=distributed)
         return cache
 
     def _vectors(
@@ -229,15 +235,19 @@ class TextDistillDataModule(L.LightningDataModule):
         log.info("%s for %d texts read from %s", what, len(texts), cache.root)
         return CachedRows(reader, reader.lookup(text_ids(texts)))
 
-    def prepare_data(self) -> None:
+    def prepare_data(self, distributed: bool = False) -> None:
         """Build what the caches lack in one process per node: Lightning runs this on local rank 0 while the
         other ranks wait at a barrier with no timeout, however long the encoding takes; ``setup`` then only reads.
-        (Two ranks building at once would encode everything twice; the cache's lock keeps them correct.)"""
+        (Two ranks building at once would encode everything twice; the cache's lock keeps them correct.)
+        ``distributed=True`` (``torchrun ... precompute.py``): every rank of the process group calls this and they
+        encode disjoint shards of one cache (``TeacherCache.build``)."""
         train, held_out = self._split()
         texts = train + held_out
-        self._built_cache(texts, self.teachers.teachers)
+        self._built_cache(texts, self.teachers.teachers, distributed=distributed)
         if self.features is not None:
-            self._built_cache(texts, [PooledFeatures(self.features)], precomputed=False)
+            self._built_cache(
+                texts, [PooledFeatures(self.features)], precomputed=False, distributed=distributed
+            )
 
     def _split(self) -> tuple[list[str], list[str]]:
         """``prepare_texts``, read once per process (rank 0 reads them in ``prepare_data``, then ``setup``)."""

@@ -13,7 +13,9 @@ Each teacher has its own folder, so adding a teacher encodes only that teacher: 
 (normalise each, concatenate, normalise) happens at read time. A shard is written to a temporary file, fsynced
 and renamed into place, and the manifest is written last, so a build killed at any point (SIGKILL included)
 resumes where it stopped and ends bitwise identical to an uninterrupted one. A folder whose fingerprint differs
-from the run's teacher is refused, with the fields that differ; it is never silently used.
+from the run's teacher is refused, with the fields that differ; it is never silently used. Under torchrun the
+ranks share one build (``build(..., distributed=True)``, :mod:`jasper.storage.cache.ranks`): disjoint shards, one
+manifest, the same bytes.
 
     python precompute.py verify=all     # every corpus under paths.cache_dir: shard hashes, row counts, NaN/inf;
                                         # each problem printed, exit status 1 on any

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from jasper.storage.cache.format import (
     slug,
     text_ids,
 )
+from jasper.storage.cache.ranks import Ranks
 from jasper.storage.cache.reader import CacheReader
 from jasper.storage.cache.verify import check_shard_files, verify_teacher
 
@@ -110,57 +112,73 @@ class TeacherCache:
         shard_rows: int | None = None,
         stats: dict | None = None,
         show_progress: bool = True,
+        distributed: bool = False,
     ) -> None:
-        """Encode every missing shard of every encoder; finished shards and finished encoders are skipped."""
+        """Encode every missing shard of every encoder; finished shards and finished encoders are skipped.
+
+        ``distributed=True``: every rank of the running ``torch.distributed`` group calls this with the same
+        arguments (``torchrun ... precompute.py``, docs/cache.md) and they share the work. Rank 0 writes
+        corpus.json, holds the teacher folder's build lock for its whole group, clears a killed build's leftovers
+        and lists the shards still missing; each rank encodes its part of that list (`Ranks.share`) into the one
+        folder (temporary file, fsync, rename); once every rank has written its shards, rank 0 hashes them all and
+        writes the one manifest. A shard is never encoded twice: the list is split once per start, and a resumed
+        job (any number of ranks) lists only what no earlier run finished.
+        """
         texts = list(texts)
-        corpus = self.corpus
-        shard_rows = int(corpus["shard_rows"] if corpus else shard_rows or SHARD_ROWS)
-        ids = self.init_corpus(texts, shard_rows, stats)
+        ranks = Ranks(distributed)
+        ids, shard_rows = self._corpus(texts, shard_rows, stats, ranks)
         for encoder in encoders:
             self.check(encoder)
-        todo = [e for e in encoders if self.manifest(e) is None]
-        shards = [(s, min(s + shard_rows, len(texts))) for s in range(0, len(texts), shard_rows)]
-        missing = {
-            id(e): [i for i in range(len(shards)) if not (self.teacher_dir(e) / SHARD.format(i)).exists()]
-            for e in todo
-        }
-        total = sum((shards[i][1] - shards[i][0]) for e in todo for i in missing[id(e)])
+        # Rank 0 decides what is missing, for every rank: a teacher finished by another build between two ranks'
+        # looks would otherwise leave the ranks waiting at different meeting points.
+        todo = [
+            encoders[i]
+            for i in ranks.from_first([i for i, e in enumerate(encoders) if self.manifest(e) is None])
+        ]
         if not todo:
             return
-        progress = tqdm(total=total, unit="text", desc="precompute", disable=not show_progress, smoothing=0.1)
-        started = time.perf_counter()
+        shards = [(s, min(s + shard_rows, len(texts))) for s in range(0, len(texts), shard_rows)]
+
+        def rows(indices: list[int]) -> int:
+            return sum(shards[i][1] - shards[i][0] for i in indices)
+
+        # This rank's share of the shards missing now, for the progress bar (rank 0 decides under the lock). One bar,
+        # rank 0's: the shares are equal within a shard, and N bars on one terminal overwrite each other.
+        expected = {id(e): rows(ranks.share(self._missing(e, len(shards)))) for e in todo}
+        progress = tqdm(
+            total=sum(expected.values()),
+            unit="text",
+            desc="precompute",
+            disable=not (show_progress and ranks.first),
+            smoothing=0.1,
+        )
+        busy = 0.0  # seconds spent encoding and writing, not waiting for a lock or for the other ranks
         encoded = 0  # texts this process encoded itself (not those another builder wrote while it waited)
         for encoder in todo:
             folder = self.teacher_dir(encoder)
             folder.mkdir(parents=True, exist_ok=True)
-            # One writer per teacher folder: a second builder (another DDP rank, a parallel sweep job) waits here,
-            # then finds the shards written and encodes nothing; without it, its cleanup below could delete the
-            # first one's half-written shard before that one's rename.
-            with exclusive(folder / LOCK, f"the {encoder.name} vectors of {self.root}"):
-                if self.manifest(encoder) is not None:
-                    log.info("the %s vectors of %s were finished by another process", encoder.name, self.root)
-                    progress.update(sum(shards[i][1] - shards[i][0] for i in missing[id(encoder)]))
+            # One build per teacher folder: rank 0 holds the lock for its group while every rank writes its own
+            # shards; another build (a second precompute, a parallel sweep job, a node's prepare_data) waits here,
+            # then finds the shards written and encodes nothing. Without it, its cleanup below could delete this
+            # build's half-written shard before that one's rename.
+            what = f"the {encoder.name} vectors of {self.root}"
+            with exclusive(folder / LOCK, what) if ranks.first else nullcontext():
+                plan = ranks.from_first(self._plan(encoder, len(shards)) if ranks.first else None)
+                if plan is None:
+                    log.info("%s were finished by another process", what)
+                    progress.update(expected[id(encoder)])
                     continue
-                # Temporary files are a killed build's leftovers: the lock holder is the only writer.
-                for stale in folder.glob(".*.tmp"):
-                    stale.unlink()
-                _write_json(folder / "fingerprint.json", fingerprint(encoder))
-                dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
-                todo_rows = [
-                    shards[i] for i in missing[id(encoder)] if not (folder / SHARD.format(i)).exists()
-                ]
-                if todo_rows:
+                mine = ranks.share(plan)
+                progress.total += rows(mine) - expected[id(encoder)]  # what rank 0 found under the lock
+                progress.refresh()
+                if mine:
                     log.info(
-                        "encoding %d text(s) into %s for %s",
-                        sum(stop - start for start, stop in todo_rows),
-                        self.root,
-                        encoder.name,
+                        "encoding %d text(s) into %s for %s%s", rows(mine), self.root, encoder.name, ranks.tag
                     )
-                for index in missing[id(encoder)]:
+                dtype = np.dtype(getattr(encoder, "cache_dtype", "float16"))
+                for index in mine:
+                    started = time.perf_counter()
                     start, stop = shards[index]
-                    if (folder / SHARD.format(index)).exists():  # written by a builder this one waited for
-                        progress.update(stop - start)
-                        continue
                     vectors = encode_all(encoder, texts[start:stop], batch_size, progress)
                     check_finite(vectors, f"{encoder.name}, shard {index} (rows {start}..{stop - 1})")
                     if getattr(encoder, "normalize", True):
@@ -168,17 +186,74 @@ class TeacherCache:
                     array = vectors.numpy().astype(dtype)
                     atomic_write(folder / SHARD.format(index), lambda f, a=array: np.save(f, a))
                     encoded += stop - start
-                self._finish(encoder, ids, shards)
+                    busy += time.perf_counter() - started
+                ranks.barrier()  # every rank's shards are in place
+                if ranks.first:
+                    self._finish(encoder, ids, shards)
+        ranks.barrier()  # no rank returns before the manifests are written
         progress.close()
         if encoded:
-            seconds = time.perf_counter() - started
             log.info(
-                "encoded %d text(s) in %.1f s (%.1f texts/s)", encoded, seconds, encoded / max(seconds, 1e-9)
+                "encoded %d text(s) in %.1f s (%.1f texts/s)%s",
+                encoded,
+                busy,
+                encoded / max(busy, 1e-9),
+                ranks.tag,
             )
+
+    def _corpus(
+        self, texts: list[str], shard_rows: int | None, stats: dict | None, ranks: Ranks
+    ) -> tuple[np.ndarray, int]:
+        """The texts' ids and the corpus's shard size; rank 0 writes (or checks) corpus.json and ids.npy, then the
+        other ranks check that they see the same corpus, on the same disk."""
+        if ranks.first:
+            corpus = self.corpus
+            shard_rows = int(corpus["shard_rows"] if corpus else shard_rows or SHARD_ROWS)
+            ids = self.init_corpus(texts, shard_rows, stats)
+        ranks.barrier()
+        corpus = self.corpus
+        if not ranks.first:
+            if corpus is None:
+                raise FileNotFoundError(
+                    f"{ranks} does not see {self.root / CORPUS_FILE}, which rank 0 has just written: every rank "
+                    "writes its shards into one folder, so paths.cache_dir must be on a file system that every "
+                    "node mounts at the same path"
+                )
+            ids = text_ids(texts)
+            if corpus_key(ids) != corpus["corpus"]:
+                raise CacheMismatch(
+                    f"{ranks} has other texts ({len(ids)}, corpus {corpus_key(ids)}) than rank 0 ("
+                    f"{corpus['rows']}, corpus {corpus['corpus']}): every rank must read the same texts in the same "
+                    "order (a seeded, deterministic data= source)"
+                )
+        return ids, int(corpus["shard_rows"])
+
+    def _missing(self, encoder: object, count: int) -> list[int]:
+        folder = self.teacher_dir(encoder)
+        return [i for i in range(count) if not (folder / SHARD.format(i)).exists()]
+
+    def _plan(self, encoder: object, count: int) -> list[int] | None:
+        """Under the teacher folder's lock: the shards still to encode, None when another build finished the
+        teacher while this one waited. Clears a killed build's temporary files (the lock holder's group is the
+        only writer) and records the fingerprint before the first shard."""
+        folder = self.teacher_dir(encoder)
+        if self.manifest(encoder) is not None:
+            return None
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink()
+        _write_json(folder / "fingerprint.json", fingerprint(encoder))
+        return self._missing(encoder, count)
 
     def _finish(self, encoder: object, ids: np.ndarray, shards: list[tuple[int, int]]) -> None:
         """Hash every shard (texts via their ids, vectors via their bytes) and write the manifest, last."""
         folder = self.teacher_dir(encoder)
+        absent = self._missing(encoder, len(shards))
+        if absent:  # only when ranks wrote to different disks: each sees only its own shards
+            raise FileNotFoundError(
+                f"{len(absent)} shard(s) of {encoder.name} are not in {folder} after every rank wrote its own (first: "
+                f"{[SHARD.format(i) for i in absent[:3]]}): the ranks do not share that folder. Put paths.cache_dir on "
+                "a file system every node mounts at the same path and run again: the shards there are kept"
+            )
         entries = []
         for index, (start, stop) in enumerate(shards):
             array = np.load(folder / SHARD.format(index), mmap_mode="r")
