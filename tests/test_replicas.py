@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -18,12 +19,22 @@ from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
-from jasper.models.replicas import NV_EMBED, REVISIONS, STELLA, STELLA_HEADS, write_snapshot
+from jasper.models.replicas import (
+    NV_EMBED,
+    REVISIONS,
+    SIGLIP_REPO,
+    SIGLIP_SHAPE,
+    STELLA,
+    STELLA_HEADS,
+    build_tower_replica,
+    write_snapshot,
+)
 from jasper.models.teachers import RemoteCodeTeacher, SentenceTransformerTeacher
 from jasper.storage.cache import fingerprint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "x"]
+TOWER = [f"+vision.timm_kwargs.{key}={value}" for key, value in SIGLIP_SHAPE.items()]  # the replica's shape
 
 
 def paper_teachers(*overrides: str):
@@ -201,3 +212,36 @@ def test_each_teacher_gets_its_cards_prompt_per_role_and_nv_embed_its_eos(on_tea
     tokenizer = stella.model.tokenizer
     assert stella_ids == [[tokenizer(t)["input_ids"]] for t in ("a cat", prompts[1]["query"] + "a cat")]
     assert not torch.allclose(vectors["document"], vectors["query"])
+
+
+def test_the_siglip_tower_loads_by_its_timm_name_from_its_replica(on_teacher_replicas):
+    """conf/vision/siglip_so400m.yaml (pretrained: true) through timm's own hub lookup, offline: the replica's
+    weights, not a random tower; without the file, timm cannot build it offline."""
+    from safetensors.torch import load_file
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=jasper_paper", *TOWER])
+    tower = instantiate(cfg.vision)(embed_dim=32)  # a partial: the student's hidden size completes it
+    stored = load_file(hub_file(on_teacher_replicas, SIGLIP_REPO, "model.safetensors"))
+    backbone = tower.backbone.state_dict()
+    assert set(stored) == set(backbone) and all(torch.equal(stored[k], backbone[k]) for k in stored)
+    assert tower(torch.zeros(1, 3, 384, 384)).shape == (
+        1,
+        300,
+        32,
+    )  # 729 patch tokens pooled to the released 300
+    hub_file(
+        on_teacher_replicas, SIGLIP_REPO, "model.safetensors"
+    ).unlink()  # the snapshot's link; the blob stays
+    try:
+        with pytest.raises(
+            LocalEntryNotFoundError, match="cannot find the requested files in the local cache"
+        ):
+            instantiate(cfg.vision)(embed_dim=32)
+    finally:
+        build_tower_replica(on_teacher_replicas)
+
+
+def hub_file(cache: Path, repo_id: str, name: str) -> Path:
+    (snapshot,) = (cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir()
+    return snapshot / name

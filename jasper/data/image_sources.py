@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from jasper.data.hub_files import load_mirror, local_mirror
+
 log = logging.getLogger(__name__)
 Pair = tuple[str, str]  # (image path, caption)
 
@@ -79,10 +81,22 @@ def caption_text(value: object) -> str | None:
     return None
 
 
+def column(row: dict, name: str) -> object:
+    """``row[name]``, where a dotted name reaches into nested records: ``json.conversations`` is the
+    ``conversations`` of a webdataset sample's ``.json`` member."""
+    value: object = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 class HubImageCaptions:
     """Pairs from a ``datasets`` source (hub id or local path), streamed; the first ``max_pairs`` images are written
-    to ``cache_dir`` once, then read like a folder. ``caption_column`` may hold a conversation (see
-    :func:`caption_text`). Example: BAAI/Infinity-MM (``conf/data/infinity_mm.yaml``)."""
+    to ``cache_dir`` once, then read like a folder. Columns may be dotted (:func:`column`); ``caption_column`` may
+    hold a conversation (see :func:`caption_text`). Offline, or with ``mirror``, the repository's files are read
+    from a local copy (:mod:`jasper.data.hub_files`). Example: BAAI/Infinity-MM (``conf/images/infinity_mm.yaml``)."""
 
     def __init__(
         self,
@@ -95,8 +109,10 @@ class HubImageCaptions:
         max_pairs: int = 10000,
         streaming: bool = True,
         cache_dir: str | None = None,
+        mirror: str | None = None,
     ) -> None:
         self.args = {"path": path, "name": name, "split": split, "data_dir": data_dir, "streaming": streaming}
+        self.mirror = mirror  # not in the folder's key: the same pairs, wherever the files were read
         self.image_column = image_column
         self.caption_column = caption_column
         self.max_pairs = max_pairs
@@ -108,14 +124,19 @@ class HubImageCaptions:
             return self.folder
         import datasets  # heavy (pyarrow, fsspec): only a hub image source that is not yet downloaded needs it
 
-        rows_in = datasets.load_dataset(**{k: v for k, v in self.args.items() if v is not None})
+        a = self.args
+        local = local_mirror(a["path"], mirror=self.mirror)
+        if local is None:
+            rows_in = datasets.load_dataset(**{k: v for k, v in a.items() if v is not None})
+        else:
+            rows_in = load_mirror(local, a["name"], a["split"], a["data_dir"], a["streaming"])
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = []
         for i, row in enumerate(rows_in):
             if len(rows) >= self.max_pairs:
                 break
             name = f"{i:08d}.png"
-            image = row.get(self.image_column)
+            image = column(row, self.image_column)
             try:
                 if isinstance(image, dict) and image.get("bytes"):
                     (self.folder / name).write_bytes(image["bytes"])
@@ -125,7 +146,7 @@ class HubImageCaptions:
                     name = ""
             except (OSError, ValueError) as error:  # kept as a bad pair: validate_pairs counts and logs it
                 log.warning("cannot write image of row %d: %s", i, error)
-            rows.append({"image": name, "caption": caption_text(row.get(self.caption_column))})
+            rows.append({"image": name, "caption": caption_text(column(row, self.caption_column))})
         _write_index(self.folder, rows)
         return self.folder
 

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from jasper.data.files import INVALID_UTF8, RejectedRow
+from jasper.data.hub_files import local_url
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class JsonRows:
     A line that is not UTF-8 becomes a `jasper.data.files.RejectedRow` (counted by the DataModule with its
     ``file:line``); a line that is not JSON fails, naming the file and the line.
 
-    ``paths`` may hold globs and ``hf://datasets/...`` URLs (read through fsspec; needs the hub).
+    ``paths`` may hold globs and ``hf://datasets/...`` URLs (read through fsspec from the hub; offline, from the
+    repository's snapshot in the Hugging Face cache: `jasper.data.hub_files.local_url`).
     """
 
     def __init__(self, paths: Sequence[str] | str, max_rows: int | None = None) -> None:
@@ -122,7 +124,7 @@ class JsonRows:
         import fsspec  # remote file systems: only a JsonRows source needs it
 
         files = []
-        for pattern in self.paths:
+        for pattern in map(local_url, self.paths):
             found = sorted(f.fs.unstrip_protocol(f.path) for f in fsspec.open_files(pattern))
             if not found:
                 raise FileNotFoundError(f"no file matches {pattern}; fix data.source paths")

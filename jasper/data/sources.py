@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from jasper.data.hub_files import load_mirror, local_mirror
+
 log = logging.getLogger(__name__)
 
 # Folders of the standard library that hold tests, demos or vendored code rather than documentation.
@@ -96,7 +98,9 @@ class TextFiles:
 class HubDataset:
     """Any `datasets` source by name (e.g. ``HuggingFaceFW/fineweb-edu``), streamed where the source allows.
 
-    Needs the hub (or a local `datasets` cache); ``max_rows`` bounds what is read.
+    Reads the hub; offline (``HF_HUB_OFFLINE=1``) the repository's copy in the Hugging Face cache, or the folder
+    ``mirror`` names (its files in the repository's layout, an ``hf download`` of it), config ``name`` found by the
+    dataset card (:mod:`jasper.data.hub_files`). ``max_rows`` bounds what is read.
     """
 
     def __init__(
@@ -108,8 +112,9 @@ class HubDataset:
         streaming: bool = True,
         max_rows: int | None = None,
         revision: str | None = None,
+        mirror: str | None = None,
     ) -> None:
-        self.path, self.name, self.split = path, name, split
+        self.path, self.name, self.split, self.mirror = path, name, split, mirror
         self.text_field, self.streaming, self.max_rows, self.revision = (
             text_field,
             streaming,
@@ -120,9 +125,13 @@ class HubDataset:
     def __iter__(self) -> Iterator[object]:
         from datasets import load_dataset  # heavy (pyarrow): only a hub source needs it
 
-        dataset = load_dataset(
-            self.path, self.name, split=self.split, streaming=self.streaming, revision=self.revision
-        )
+        folder = local_mirror(self.path, self.revision, self.mirror)
+        if folder is None:
+            dataset = load_dataset(
+                self.path, self.name, split=self.split, streaming=self.streaming, revision=self.revision
+            )
+        else:
+            dataset = load_mirror(folder, self.name, self.split, None, self.streaming)
         for index, row in enumerate(dataset):
             if self.max_rows is not None and index >= self.max_rows:
                 return

@@ -1,9 +1,9 @@
 """Hub replicas: tiny, randomly initialised stand-ins for the paper's teachers, written into a Hugging Face cache
 under their exact ids, file layouts and pinned commits, so the configs that name them load them unchanged, offline.
 
-    python -m jasper.models.replicas /tmp/hub     # prints the environment to run jasper on them (replica_env)
+    python -m jasper.data.replicas /tmp/hub     # these, the tower and the datasets; prints replica_env
 
-- ``NovaSearch/stella_en_1.5B_v5``: a 2-layer Qwen2 (hidden size 32) in the real repository's sentence-transformers
+- ``NovaSearch/stella_en_1.5B_v5``: a 4-layer Qwen2 (hidden size 32) in the real repository's sentence-transformers
   layout: the Transformer at the root, ``1_Pooling`` (mean), ``modules.json`` naming ``2_Dense_1024``, and beside
   it one Dense head per size (``2_Dense_256`` ... ``2_Dense_8192``, the real output sizes, each a
   ``pytorch_model.bin`` as the real ones are); the card's ``s2p_query`` / ``s2s_query`` prompts in
@@ -13,7 +13,10 @@ under their exact ids, file layouts and pinned commits, so the configs that name
   ``encode(prompts, instruction=..., max_length=...)``, the EOS token after every input, right padding, the
   instruction left out of the pooling, 4096-d vectors; beside it the sentence-transformers files (``modules.json``,
   ``1_Pooling``) the real repository has.
+- ``timm/vit_so400m_patch14_siglip_384.webli``: the stage-4 tower's weights where timm looks for them
+  (:func:`build_tower_replica`), at a narrow shape (``SIGLIP_SHAPE``, given to timm as ``vision.timm_kwargs``).
 
+The datasets' replicas, and one command for all of them, are in :mod:`jasper.data.replicas`.
 Both tokenizers are the packaged all-MiniLM-L6-v2's (offline), NV-Embed's with an EOS token added (Mistral's has one).
 The weights are random, drawn from a fixed seed: the vectors mean nothing, their sizes and the code that makes them
 are the real ones. Each file is stored as the hub cache stores a download (:func:`write_snapshot`), so jasper's
@@ -31,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,8 +62,11 @@ STELLA_PROMPTS = {
 }
 NV_EMBED_DIM = 4096
 HIDDEN = 32  # both stand-ins' text models
+# More than the 3 layers the paper's stage 2 unfreezes in its student (stella itself), so one stays frozen.
+STELLA_LAYERS = 4
 MARKER = ".jasper-replica"  # in a repository folder this module wrote; any other is never overwritten
-WEIGHT_SUFFIXES = (".safetensors", ".bin")  # stored by the hub as LFS files, named by their SHA-256
+# Stored by the hub as LFS files (weights, the datasets' shards), named in the cache by their SHA-256.
+LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".gz", ".tar")
 
 
 def build_teacher_replicas(
@@ -111,7 +116,7 @@ def write_snapshot(
     snapshot = repo / "snapshots" / commit
     for path in sorted(p for p in Path(source).rglob("*") if p.is_file()):
         data = path.read_bytes()
-        if path.suffix in WEIGHT_SUFFIXES:
+        if path.suffix in LFS_SUFFIXES:
             name = hashlib.sha256(data).hexdigest()
         else:
             name = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 (git's blob id)
@@ -170,7 +175,7 @@ def _modules(folder: Path, dense: str | None) -> None:
     _write_json(folder / "modules.json", modules)
 
 
-# Both stand-ins' decoders: 2 layers of width HIDDEN, grouped-query attention as the real ones.
+# Both stand-ins' decoders: width HIDDEN, grouped-query attention as the real ones; 2 layers (stella: STELLA_LAYERS).
 TINY_DECODER = dict(
     hidden_size=HIDDEN,
     intermediate_size=2 * HIDDEN,
@@ -181,9 +186,13 @@ TINY_DECODER = dict(
 
 
 def write_stella(folder: Path) -> None:
-    """stella_en_1.5B_v5's layout, with a 2-layer Qwen2 of hidden size 32 and every Dense head at its real size."""
+    """stella_en_1.5B_v5's layout, with a 4-layer Qwen2 of hidden size 32 and every Dense head at its real size."""
     vocab = _tokenizer(folder)
-    config = Qwen2Config(vocab_size=vocab, **TINY_DECODER, max_position_embeddings=131072)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        **{**TINY_DECODER, "num_hidden_layers": STELLA_LAYERS},
+        max_position_embeddings=131072,
+    )
     AutoModel.from_config(config).save_pretrained(folder)
     _pooling(folder, HIDDEN)
     _modules(folder, f"2_Dense_{STELLA_DEFAULT_HEAD}")
@@ -254,11 +263,30 @@ _LATENT_KEYS = (
 )
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(
-            "usage: python -m jasper.models.replicas CACHE_DIR   (an empty folder: the replicas' HF_HUB_CACHE)"
-        )
-    for repo_id, snapshot in build_teacher_replicas(sys.argv[1]).items():
-        print(f"{repo_id}: {snapshot}")
-    print("run jasper on them with:", " ".join(f"{k}={v}" for k, v in replica_env(sys.argv[1]).items()))
+# The paper's vision tower (conf/vision/siglip_so400m.yaml): timm names it vit_so400m_patch14_siglip_384, whose
+# pretrained config (tag "webli") points at the hub repository below; timm reads model.safetensors from it through
+# huggingface_hub, so offline it is read from HF_HUB_CACHE like any download.
+SIGLIP = "vit_so400m_patch14_siglip_384"
+SIGLIP_REPO = f"timm/{SIGLIP}.webli"
+# The stand-in's shape (vision.timm_kwargs): so400m itself (428M parameters, width 1152, 27 layers) took 29 s to
+# build and 23 s to encode one 384-px image on one CPU core here, so the stand-in keeps its patch size and resolution
+# (a 27x27 grid of 729 patch tokens, what the pooling sees) and shrinks width and depth.
+SIGLIP_SHAPE = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def build_tower_replica(cache_dir: str | Path, shape: Mapping[str, int] = SIGLIP_SHAPE) -> Path:
+    """Write the SigLIP tower's hub repository (``timm/vit_so400m_patch14_siglip_384.webli``: timm's
+    ``config.json`` and ``model.safetensors``, as ``timm.models.push_to_hf_hub`` writes them) with random weights of
+    ``shape`` (load it with ``vision.timm_kwargs`` set to the same). Returns the snapshot folder."""
+    import timm  # heavy (torchvision); only the tower's replica needs it
+    from timm.models import save_for_hf
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(cache_dir), prefix=".staging-") as staging:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(SIGLIP, pretrained=False, num_classes=0, **shape)
+        save_for_hf(model, staging, model_args=dict(shape), safe_serialization=True)
+        commit = hashlib.sha1(f"jasper replica of {SIGLIP_REPO}".encode()).hexdigest()  # noqa: S324 (a name)
+        return write_snapshot(cache_dir, SIGLIP_REPO, Path(staging), commit)
+
