@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jasper.evaluation.hub_sets import HubSetUnavailable, fetch, label, load_hub_beir, load_hub_sts
 from jasper.evaluation.loaders import BeirData, EvaluationDataError, StsPair, load_beir, load_sts_tsv
 
 
@@ -103,14 +104,19 @@ def with_set_specs(ecfg: Mapping) -> dict:
     }
 
 
-def find_set(path: str | Path, data_dir: Path, repo: Path) -> Path:
-    """A set's file or folder: absolute as given; relative, under ``data_dir``, else under the repository root."""
+def local_set(path: str | Path, data_dir: Path, repo: Path) -> Path | None:
+    """A set's file or folder on this machine: absolute as given; relative, under ``data_dir``, else under the
+    repository root; None when it is in none of them."""
     path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    for base in (data_dir, repo):
-        if (base / path).exists():
-            return base / path
+    bases = [Path("/")] if path.is_absolute() else [data_dir, repo]
+    return next((base / path for base in bases if (base / path).exists()), None)
+
+
+def find_set(path: str | Path, data_dir: Path, repo: Path) -> Path:
+    """`local_set`, or (missing) the path the loader then fails naming; a missing ``data_dir`` fails here."""
+    found = local_set(path, data_dir, repo)
+    if found is not None or Path(path).expanduser().is_absolute():
+        return found or Path(path).expanduser()
     if not data_dir.exists():
         raise EvaluationDataError(
             f"evaluation data folder {data_dir} does not exist (eval.data_dir, relative to the repository root), "
@@ -119,30 +125,102 @@ def find_set(path: str | Path, data_dir: Path, repo: Path) -> Path:
     return data_dir / path  # the loader fails naming it
 
 
+HOW_TO_GET = (
+    "either put the dev sets there (or pass eval.data_dir=PATH), or run once with the hub on "
+    "(HF_HUB_OFFLINE=0 python evaluate.py ARGS; make sets HF_HUB_OFFLINE=1), which keeps the hub copies "
+    "in the Hugging Face cache for every later run, offline too"
+)
+
+
+def _from_hub(load, name: str, spec: Mapping, hub: Mapping, data_dir: Path):
+    """``load(hub)`` for a set missing under ``data_dir``; unavailable, an error naming both ways to get it."""
+    try:
+        return load(hub)
+    except HubSetUnavailable as err:
+        raise HubSetUnavailable(
+            f"{name}: {spec['path']} is not under {data_dir} and {err}: {HOW_TO_GET}"
+        ) from err
+
+
+def _hub_note(hub: Mapping, spec: Mapping, data_dir: Path, reduced: str = "") -> str:
+    """The caption's warning on a set read from the hub: where from, and (``hub.note``) how it differs."""
+    said = f": {hub['note']}" if hub.get("note") else ""
+    return f". Read from the hub, {label(hub)}{reduced} ({spec['path']} is not in {data_dir}){said}"
+
+
+def unavailable_note(cfg: Mapping, repo: Path) -> str | None:
+    """What ``eval.skip_if_missing`` prints instead of a table: None when every set is on this machine or its hub
+    copy (``eval.hub.<name>``) is in the Hugging Face cache or can be downloaded now (it then is, once)."""
+    data_dir = resolve(cfg.get("data_dir") or ".", repo)
+    hubs = cfg.get("hub") or {}
+    lacking, hub_down = [], False
+    for kind in ("sts", "retrieval"):
+        for name, spec in set_specs(cfg.get(kind), kind).items():
+            if local_set(spec["path"], data_dir, repo) is not None:
+                continue
+            if name not in hubs:
+                lacking.append((name, f"{name} ({spec['path']}; no hub copy: eval.hub.{name} is not set)"))
+                continue
+            try:
+                fetch(hubs[name], cached_only=hub_down)
+            except HubSetUnavailable as err:
+                lacking.append((name, f"{name} ({err})"))
+                hub_down = True
+    if not lacking:
+        return None
+    how = (
+        HOW_TO_GET
+        if any(name in hubs for name, _ in lacking)
+        else "put the dev sets there or pass eval.data_dir=PATH"
+    )
+    sets = "; ".join(why for _, why in lacking)
+    return f"note: evaluation skipped: not under {data_dir} (eval.data_dir): {sets}. To get them, {how}"
+
+
 def load_sets(cfg: Mapping, repo: Path) -> EvalSets:
     """Read the STS and BEIR sets an eval config names (paths relative to ``data_dir``, itself relative to the
-    repo root, or to the repo root); fail naming the missing path."""
+    repo root, or to the repo root); a set on neither with a hub copy in ``eval.hub`` is read from the hub (its
+    caption note says so and how it differs); fail naming the missing path."""
     data_dir = resolve(cfg.get("data_dir") or ".", repo)
     seed = int(cfg.get("seed", 0))
+    hubs = cfg.get("hub") or {}
     sets = EvalSets()
     for name, spec in set_specs(cfg.get("sts"), "sts").items():
-        pairs = load_sts_tsv(find_set(spec["path"], data_dir, repo))
+        hub = hubs.get(name) if local_set(spec["path"], data_dir, repo) is None else None
+        if hub:
+            pairs = _from_hub(load_hub_sts, name, spec, hub, data_dir)
+        else:
+            pairs = load_sts_tsv(find_set(spec["path"], data_dir, repo))
         kept = subset_pairs(pairs, spec.get("max_pairs"), seed)
         sets.sts[name] = kept
         how = "all" if len(kept) == len(pairs) else f"a fixed random subset (seed {seed}) of"
-        sets.notes.append(f"{name}: {how} {len(kept)} of {len(pairs)} pairs, Spearman")
+        where = _hub_note(hub, spec, data_dir) if hub else ""
+        sets.notes.append(f"{name}: {how} {len(kept)} of {len(pairs)} pairs, Spearman{where}")
     for name, spec in set_specs(cfg.get("retrieval"), "retrieval").items():
-        data = load_beir(find_set(spec["path"], data_dir, repo), split=spec.get("split", "test"))
+        hub = hubs.get(name) if local_set(spec["path"], data_dir, repo) is None else None
+        where = ""
+        if hub:
+            full = _from_hub(load_hub_beir, name, spec, hub, data_dir)
+            data = subset_beir(full, hub.get("max_docs"), seed, hub.get("max_queries"))
+            reduced = ""
+            if (len(data.qrels), len(data.corpus)) != (len(full.qrels), len(full.corpus)):
+                reduced = (
+                    f", its {len(full.qrels)} judged queries and {len(full.corpus)} docs reduced (seed {seed}) to "
+                    f"{len(data.qrels)} queries with all their judged docs + random others = {len(data.corpus)} docs"
+                )
+            where = _hub_note(hub, spec, data_dir, reduced)
+        else:
+            data = load_beir(find_set(spec["path"], data_dir, repo), split=spec.get("split", "test"))
         kept = subset_beir(data, spec.get("max_docs"), seed, spec.get("max_queries"))
         sets.retrieval[name] = kept
         judged = len({d for q in kept.qrels.values() for d in q})
         if len(kept.corpus) == len(data.corpus) and len(kept.qrels) == len(data.qrels):
-            sets.notes.append(f"{name}: all {len(data.corpus)} docs, {len(data.qrels)} queries")
+            sets.notes.append(f"{name}: all {len(data.corpus)} docs, {len(data.qrels)} queries{where}")
         else:
             sets.notes.append(
                 f"{name}: {len(kept.qrels)} of {len(data.qrels)} queries (fixed random choice, seed {seed}: "
                 f"{', '.join(kept.qrels)}) with all {judged} of their judged docs + {len(kept.corpus) - judged} "
-                f"random other docs = {len(kept.corpus)} of {len(data.corpus)} docs"
+                f"random other docs = {len(kept.corpus)} of {len(data.corpus)} docs{where}"
             )
     return sets
 
