@@ -125,10 +125,24 @@ def test_stage3_with_custom_heads_composes_and_instantiates(minilm_path):
     module = instantiate(cfg.stage_settings.module, student=student, loss=instantiate(cfg.loss))
     assert student.head_names == ["fc1", "512", "768", "1024"]
     assert type(module).__name__ == "Stage3"
-    optimizer = module.configure_optimizers()["optimizer"]
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(
-        cfg.stage_settings.module.optimizer.lr * 0.0
-    )  # warm-up
+    schedule = module.configure_optimizers()
+    optimizer, scheduler = schedule["optimizer"], schedule["lr_scheduler"]["scheduler"]
+    peak, warmup = cfg.stage_settings.module.optimizer.lr, cfg.stage_settings.warmup_steps
+    steps = cfg.stage_settings.steps
+    seen = {}
+    for step in range(steps + 1):
+        seen[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    # Linear warm-up to the paper's peak, then a cosine down to zero at the last step.
+    assert (
+        seen[0] == 0.0
+        and seen[warmup // 2] == pytest.approx(peak / 2)
+        and seen[warmup] == pytest.approx(peak)
+    )
+    assert seen[(warmup + steps) // 2] == pytest.approx(peak / 2) and seen[steps] == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_unknown_stage_is_refused():
@@ -274,7 +288,9 @@ def through_the_command_line(entry: str, args: list[str], capsys, monkeypatch) -
         spec.loader.exec_module(sys.modules[name])
         # As when run as a script: Hydra finds conf/ beside the file of a task function from "__main__".
         sys.modules[name].main.__wrapped__.__module__ = "__main__"
-    monkeypatch.setattr(sys, "argv", [str(path), *args, "--cfg", "job", "--resolve"])
+    from jasper.training.run import quote_paths  # what the scripts' __main__ does before Hydra reads argv
+
+    monkeypatch.setattr(sys, "argv", [str(path), *quote_paths(args), "--cfg", "job", "--resolve"])
     capsys.readouterr()
     try:
         sys.modules[name].main()
@@ -298,7 +314,7 @@ def test_the_command_lines_are_found():
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):
     from jasper.evaluation.runner import default_out_dir, run_models
     from jasper.evaluation.sets import with_set_specs
-    from jasper.training.run import build
+    from jasper.training.run import build, quote_paths
 
     monkeypatch.chdir(tmp_path)  # relative paths (outputs/...) land here
     needs_mpnet = any(a.startswith(MPNET_CONFIGS) for a in args) and not mpnet_installed()
@@ -332,7 +348,7 @@ def test_every_documented_command_line_composes_and_instantiates(entry, args, tm
                         '{"text": "A placeholder text for the documented command."}\n'
                     )
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # the entry point's own config
-            composed = compose(entry, overrides=[*job, f"paths.output_dir={tmp_path / 'stage'}"])
+            composed = compose(entry, overrides=[*quote_paths(job), f"paths.output_dir={tmp_path / 'stage'}"])
         if entry == "train":
             module, datamodule, trainer = build(composed)
             assert type(module).__name__ == f"Stage{cfg['stage']}"

@@ -14,6 +14,7 @@ from jasper.models.vision import (
     image_vectors,
     load_vision,
     save_vision,
+    wrap_tokens,
 )
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -57,8 +58,18 @@ def test_encode_images_is_deterministic_and_comparable_with_text(tiny_bert, tmp_
     second = student.encode(images=[images()[0], *images()[1:]], batch_size=2)
     assert first.shape == (4, 16)
     assert torch.allclose(first, second, atol=1e-5)  # path or PIL, any batch size: the same vectors
-    texts = student.encode(["a red image", "a grey image"], head="8")
-    assert student.encode(images=images()[:1], head="8").shape[1] == texts.shape[1]
+    assert student.encode(images=images()[:1], head="8").shape == (1, 8)
+    # The same space as texts: a tower that emitted a text's own token embeddings would be framed by the same
+    # special tokens and go through the same layers and head, so it gets exactly the text's vector.
+    text = "a red image"
+    inner = student.student.tokenize([text])["input_ids"][0][1:-1]  # without [CLS] ... [SEP]
+    tokens = student.student.encoder.get_input_embeddings()(inner)[None]  # (1, T, H)
+    student.eval()
+    with torch.no_grad():
+        as_image = student.student.project(
+            student.student.pooled_from_embeds(*wrap_tokens(student.student, tokens))
+        )
+    torch.testing.assert_close(as_image["8"], student.encode([text], head="8"), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not both"):
         student.encode(["text"], images=images())
 
