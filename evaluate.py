@@ -2,7 +2,8 @@
 
 See docs/evaluation.md. ``run_name=NAME`` adds the run's teacher, init and every finished stage to the table.
 python evaluate.py eval=images model=PATH/student.pt: a stage-4 student and its tower on image-caption pairs
-(docs/vision.md).
+(docs/vision.md). python evaluate.py eval=serving run_name=NAME: also every head at float32 / int8 / binary, the
+student's queries against the teachers' documents, and the trade-off figure (docs/evaluation.md, "Serving").
 """
 
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""Export a student as a sentence-transformers folder with every head: python export.py ckpt=PATH out=DIR."""
+"""Export a student as a sentence-transformers folder with every head: python export.py ckpt=PATH out=DIR
+[onnx=true] [query_encoder=true] (docs/export.md)."""
 
 import hydra
 from omegaconf import DictConfig
@@ -10,7 +11,16 @@ from jasper.exporting import ExportRefused, export_checkpoint
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
-        print(export_checkpoint(cfg.ckpt, cfg.out, scores=cfg.scores, overwrite=cfg.overwrite))
+        out = export_checkpoint(
+            cfg.ckpt,
+            cfg.out,
+            scores=cfg.scores,
+            overwrite=cfg.overwrite,
+            onnx=cfg.onnx,
+            onnx_quantize=list(cfg.onnx_quantize or []),
+            query_encoder=cfg.query_encoder,
+        )
+        print(out)
     except ExportRefused as error:  # an out folder export will not replace: one line, no traceback
         raise SystemExit(f"error: {error}") from None
 

@@ -234,7 +234,9 @@ def test_missing_data_is_named_or_skipped(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(EvaluationDataError, match="nowhere"):
         load_sets({"data_dir": str(missing), "sts": ["stsb-dev.tsv"]}, REPO)
-    assert "nowhere" in missing_data_note({"eval": {"data_dir": str(missing), "skip_if_missing": True}}, REPO)
+    assert "nowhere" in missing_data_note(
+        {"eval": {"data_dir": str(missing), "skip_if_missing": True, "sts": ["stsb-dev.tsv"]}}, REPO
+    )
     assert missing_data_note({"eval": {"data_dir": str(missing)}}, REPO) is None
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model("./no/such/student.pt", "x", REPO)

@@ -312,7 +312,7 @@ def test_export_never_deletes_what_it_did_not_make(tiny_bert, tmp_path, monkeypa
     out = export_checkpoint(ckpt, tmp_path / "export")  # new: no marker needed
     (out / "stale_module").mkdir()  # a module an earlier export had and this one does not
     before = _tree(out)
-    monkeypatch.setattr("jasper.exporting.model_card", lambda *a, **k: 1 / 0)  # fails midway
+    monkeypatch.setattr("jasper.exporting.folder.model_card", lambda *a, **k: 1 / 0)  # fails midway
     with pytest.raises(ZeroDivisionError):
         export_checkpoint(ckpt, out)
     assert _tree(out) == before  # the old export, untouched
@@ -325,7 +325,8 @@ def test_export_never_deletes_what_it_did_not_make(tiny_bert, tmp_path, monkeypa
 
 def test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told(tiny_bert, tmp_path):
     """The entry point: a refusal is one line and exit status 1, whatever overwrite says; overwrite=true reaches
-    export_checkpoint."""
+    export_checkpoint. (A folder refused without overwrite and a damaged checkpoint are the same two paths, checked
+    in-process: each export.py start costs seconds.)"""
     ckpt = _run_with_student(tiny_bert, tmp_path / "run")
     env = {
         **os.environ,
@@ -348,17 +349,17 @@ def test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told(tiny_bert,
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("kept unless overwrite=true")
-    refused = export(f"out={folder}")
-    assert refused.returncode == 1 and "overwrite=true" in refused.stderr and (folder / "notes.txt").is_file()
+    with pytest.raises(ExportRefused, match="overwrite=true"):
+        export_checkpoint(ckpt, folder)
+    assert (folder / "notes.txt").is_file()
     done = export(f"out={folder}", "overwrite=true")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (folder / EXPORT_MARKER).is_file() and not (folder / "notes.txt").exists()
     half = tmp_path / "cut" / "student.pt"  # a truncated student.pt: named, not torch's bare zip error
     half.parent.mkdir()
     half.write_bytes(ckpt.read_bytes()[:1000])
-    ckpt = half
-    damaged = export(f"out={tmp_path / 'out'}")
-    assert damaged.returncode == 1 and f"{half} is truncated or damaged" in damaged.stderr
+    with pytest.raises(ValueError, match=f"{half} is truncated or damaged"):
+        export_checkpoint(half, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

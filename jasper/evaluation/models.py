@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from jasper.evaluation.encoder import Encoder
+from jasper.evaluation.onnx_model import load_onnx
 from jasper.models.encoders import weights_digest
 from jasper.storage.checkpoints import EXPORT_FILE, is_deepspeed_dir, load_student
 
@@ -36,7 +37,8 @@ class StudentHeads:
     def encode_batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
         missing = [t for t in dict.fromkeys(texts) if (self.key, t) not in self.pooled_cache]
         if missing:
-            batch = self.student.tokenize(missing)
+            device = next(self.student.parameters()).device  # a student training on a GPU (dev_eval)
+            batch = self.student.tokenize(missing).to(device)
             pooled = self.student.pooled(batch["input_ids"], batch["attention_mask"])  # (B, H)
             self.pooled_cache.update({(self.key, t): row for t, row in zip(missing, pooled, strict=True)})
         pooled = torch.stack([self.pooled_cache[(self.key, t)] for t in texts])
@@ -163,7 +165,8 @@ def load_model(
 ):
     """`StudentHeads` or `SentenceTransformerHeads` from a path (relative paths: to the repo root) or a
     ``{path, init}`` mapping (``init: true``: a fresh student built from the checkpoint's config, weights not
-    loaded, seeded with ``seed``)."""
+    loaded, seeded with ``seed``) or ``{path, onnx: FILE}`` (an exported folder with its encoder run from the ONNX
+    graph FILE, e.g. ``onnx/model_qint8_avx512_vnni.onnx``; ``threads``: ONNX Runtime's threads)."""
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     raw = str(spec["path"])
     path = Path(raw).expanduser()
@@ -183,7 +186,10 @@ def load_model(
     from sentence_transformers import SentenceTransformer
 
     folder = None
-    if path.is_dir():
+    if spec.get("onnx"):  # an export's ONNX graph (onnx/model.onnx or an int8 one) serves the encoder
+        model = load_onnx(path, str(spec["onnx"]), spec.get("threads"))
+        folder = path
+    elif path.is_dir():
         folder = path
         model = SentenceTransformer(str(path), device="cpu")
     elif raw.startswith(("/", "./", "../", "~")) or Path(raw).suffix in (".pt", ".ckpt"):

@@ -16,6 +16,7 @@ random other documents), described in the report's caption.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,15 +24,18 @@ from pathlib import Path
 
 import torch
 
-from jasper.core.disk import check_name
+from jasper.core.disk import atomic_write, check_name
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
+from jasper.evaluation.asymmetric import asymmetric_rows
 from jasper.evaluation.encoder import Encoder
 from jasper.evaluation.loaders import load_beir, load_sts_tsv
 from jasper.evaluation.models import (
     VectorCache,
     load_model,
 )
+from jasper.evaluation.pareto import plot_tradeoffs
+from jasper.evaluation.precision import as_json, calibration_texts, precision_rows, precision_table
 from jasper.evaluation.retrieval import evaluate_retrieval
 from jasper.evaluation.robustness import instruction_robustness, load_instructions
 from jasper.evaluation.sets import (
@@ -41,6 +45,7 @@ from jasper.evaluation.sets import (
     resolve,
     subset_beir,
     subset_pairs,
+    unavailable_note,
     with_set_specs,
 )
 from jasper.evaluation.sts import evaluate_sts
@@ -166,6 +171,10 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
     if ecfg.get("fidelity"):
         fcfg = ecfg["fidelity"]
         fidelity_texts = read_texts(resolve(fcfg["texts"], repo), fcfg.get("max_texts"))
+    calibration, calibration_note = [], None
+    if ecfg.get("precision") is not None:  # int8 ranges from their own texts, never from an evaluation set
+        calibration, calibration_note = calibration_texts((ecfg["precision"] or {}).get("calibration"), repo)
+    precision: list = []
     pooled_cache: dict = {}
     rows: list[ResultRow] = []
     timings = []
@@ -174,7 +183,10 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
         start = time.perf_counter()
         model = load_model(spec, name, repo, max_length, int(cfg.get("seed", 0)), pooled_cache)
         cache = VectorCache(
-            model, batch_size, bool(cfg.get("progress", False)), total=sets.count(fidelity_texts)
+            model,
+            batch_size,
+            bool(cfg.get("progress", False)),
+            total=sets.count([*(fidelity_texts or []), *calibration]),
         )
         fidelity = None
         if fidelity_texts is not None:
@@ -186,14 +198,37 @@ def evaluate(cfg: Mapping, repo: str | Path) -> tuple[list[ResultRow], str]:
                 cache.encoder(head), sets, ecfg, batch_size, f"{name}-{head}", fidelity, tasks
             )
             rows.append(ResultRow(model=name, head=head, dim=dim, metrics=metrics))
+            if calibration:
+                encode = cache.encoder(head)
+                precision += precision_rows(encode, sets, ecfg, calibration, name, head, dim, batch_size)
         cache.close()
         timings.append((name, len(cache.index), cache.seconds, time.perf_counter() - start))
         log.info("%s: %d texts encoded in %.1f s (%.1f s in all)", *timings[-1])
         del model, cache
+    if ecfg.get("asymmetric"):
+        rows += asymmetric_rows(ecfg["asymmetric"], ecfg, sets, models, repo, max_length, batch_size)
     out_dir = resolve(default_out_dir(cfg), repo)
     paths = write_report(rows, out_dir, stem=str(ecfg.get("stem") or "results"))
     caption = _caption(ecfg, sets, max_length, timings)
     markdown = f"{caption}\n\n{markdown_table(rows)}"
+    if precision:
+        markdown += (
+            f"\n**Precision** (int8 ranges from {calibration_note}; binary: Hamming similarity for STS, Hamming "
+            "search + float32 rescoring for retrieval):\n\n" + precision_table(precision)
+        )
+        paths["precision"] = out_dir / "precision.json"
+        text = json.dumps(as_json(precision), indent=2) + "\n"
+        atomic_write(paths["precision"], lambda f: f.write(text.encode()))
+    if ecfg.get("pareto") is not None:
+        if not precision:
+            raise ValueError(
+                "eval.pareto draws the precision table: set eval.precision too (eval=serving has both)"
+            )
+        pcfg = ecfg["pareto"] or {}
+        paths["tradeoffs"] = plot_tradeoffs(
+            precision, rows, out_dir / "tradeoffs.png", pcfg.get("metrics"), pcfg
+        )
+        markdown += f"\nTrade-offs (quality vs bytes per vector / speed, Pareto front outlined): {paths['tradeoffs']}\n"
     paths["markdown"].write_text(markdown, encoding="utf-8")
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return rows, markdown
@@ -235,9 +270,7 @@ def _caption(ecfg: Mapping, sets: EvalSets, max_length, timings) -> str:
 
 
 def missing_data_note(cfg: Mapping, repo: str | Path) -> str | None:
-    """With ``eval.skip_if_missing``: a note (and nothing is evaluated) when ``eval.data_dir`` is absent."""
+    """With ``eval.skip_if_missing``: a note (and nothing is evaluated) when a set is neither on this machine nor
+    to be had from the hub (`jasper.evaluation.sets.unavailable_note`)."""
     ecfg = cfg["eval"]
-    data_dir = resolve(ecfg.get("data_dir") or ".", Path(repo))
-    if ecfg.get("skip_if_missing") and not data_dir.exists():
-        return f"note: evaluation skipped: {data_dir} does not exist (the dev sets live there)"
-    return None
+    return unavailable_note(ecfg, Path(repo)) if ecfg.get("skip_if_missing") else None

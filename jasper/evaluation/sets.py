@@ -126,9 +126,9 @@ def find_set(path: str | Path, data_dir: Path, repo: Path) -> Path:
 
 
 HOW_TO_GET = (
-    "either put the dev sets there (or pass eval.data_dir=PATH), or run once with the hub on "
-    "(HF_HUB_OFFLINE=0 python evaluate.py ARGS; make sets HF_HUB_OFFLINE=1), which keeps the hub copies "
-    "in the Hugging Face cache for every later run, offline too"
+    "either put the dev sets there (or pass eval.data_dir=PATH), or evaluate once where the hub can be reached, "
+    "with HF_HUB_OFFLINE=0 set (make demo sets it for its evaluation), which keeps the hub copies in the Hugging "
+    "Face cache for every later run, offline too"
 )
 
 

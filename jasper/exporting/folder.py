@@ -17,7 +17,9 @@ Sources: a ``student.pt``, a Lightning ``.ckpt`` file, or a DeepSpeed (ZeRO) che
 Lightning's ``convert_zero_checkpoint_to_fp32_state_dict``). The folder is written beside ``out`` and swapped in
 whole; an ``out`` that is not empty is replaced only when it is an earlier export (`EXPORT_MARKER`) or
 ``overwrite=true``, and never when it holds the checkpoint, a run or the working directory (`check_out`).
-See docs/export.md.
+Serving options (docs/export.md): ``onnx`` adds the encoder as ONNX graphs, float32 and dynamically quantised
+int8 (:mod:`jasper.exporting.onnx`, loaded with ``SentenceTransformer(path, backend="onnx")``); ``query_encoder``
+ships FC1 alone, with a card that says how to pair it with the teachers' document vectors.
 """
 
 from __future__ import annotations
@@ -29,16 +31,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from jasper.core.disk import replaced_folder
-from jasper.core.tables import load_json, markdown_table
+from jasper.evaluation.run_teachers import teacher_pairing
+from jasper.exporting.card import display_name, model_card, public_config, student_scores
+from jasper.exporting.onnx import write_onnx
 from jasper.models.encoders import tokenizer_type
-from jasper.models.packaged import packaged_minilm
 from jasper.models.student import FC1, Student
 from jasper.models.vision import VISION_FILE, MultimodalStudent, load_vision
-from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student, run_inside, stage_number
+from jasper.storage.checkpoints import EXPORT_FILE, STUDENT_FILE, load_student, run_inside
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,9 @@ def _dense(linear: nn.Linear):
     return dense
 
 
-def build_sentence_transformer(student: Student, workdir: str | Path):
-    """The student as an in-memory ``SentenceTransformer`` (its encoder is written to ``workdir`` and reloaded)."""
+def build_sentence_transformer(student: Student, workdir: str | Path, query_encoder: bool = False):
+    """The student as an in-memory ``SentenceTransformer`` (its encoder is written to ``workdir`` and reloaded);
+    ``query_encoder``: FC1 alone (the head that lives in the teachers' space), no other head."""
     # sentence-transformers: heavy to import (seconds), and only writing the folder needs it
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router, Transformer
@@ -80,7 +83,7 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     load = {"processor_kwargs": {"tokenizer_type": kind}} if kind else {}
     transformer = Transformer(str(workdir), max_seq_length=student.max_length, **load)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=True)
-    if student.mrl_mode == "separate" and student.mrl_dims:
+    if student.mrl_mode == "separate" and student.mrl_dims and not query_encoder:
         routes = {FC1: [_dense(student.fc1)]}
         routes.update({name: [_dense(student.heads[name])] for name in student.head_names[1:]})
         heads = Router(
@@ -101,9 +104,11 @@ def build_sentence_transformer(student: Student, workdir: str | Path):
     )
 
 
-def export_info(student: Student) -> dict:
+def export_info(student: Student, query_encoder: bool = False) -> dict:
     """What ``jasper_export.json`` holds: how each head is reached, and the student's rebuild kwargs."""
-    if student.mrl_mode == "prefix":
+    if query_encoder:
+        heads = {FC1: {"dim": student.fc1_dim}}
+    elif student.mrl_mode == "prefix":
         heads = {FC1: {"dim": student.fc1_dim}}
         heads.update({str(d): {"dim": d, "truncate_dim": d} for d in student.mrl_dims})
     else:
@@ -124,21 +129,33 @@ def export_student(
     overwrite: bool = False,
     keep: Sequence[Path] = (),
     also: Callable[[Path], None] | None = None,
+    onnx: bool = False,
+    onnx_quantize: Sequence[str] = ("avx512_vnni",),
+    query_encoder: bool = False,
 ) -> Path:
     """Write ``student`` as a sentence-transformers folder (see the module docstring) and return its path: written
     beside ``out_dir`` with `EXPORT_MARKER`, then swapped in whole (`check_out`: which ``out_dir`` may be replaced,
     ``keep`` the files it must not hold). ``also(folder)`` adds files before the swap (the vision tower).
 
     ``scores``: a results JSON written by evaluate.py / ``write_report`` (or a list of ``ResultRow``) to put in
-    the model card.
+    the model card. ``onnx``: also the ONNX graphs (float32, and int8 for each of ``onnx_quantize``), each checked
+    against PyTorch (:func:`jasper.exporting.onnx.write_onnx`). ``query_encoder``: FC1 alone, and the card says how
+    to pair it with the teachers' document vectors (the teachers of ``train_config``, which it then needs).
     """
     out_dir = Path(out_dir)
     check_out(out_dir, keep, overwrite)
-    info = export_info(student)
+    info = export_info(student, query_encoder)
+    if query_encoder:
+        info["query_encoder"] = teacher_pairing(train_config, student.fc1_dim)
+        for teacher in info["query_encoder"]["teachers"]:  # by its name, not a path of this machine
+            teacher["model"] = display_name(teacher["model"])
     train_config = public_config(train_config) if train_config is not None else None
     source = display_name(source) if source else None
     with replaced_folder(out_dir) as folder, tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        build_sentence_transformer(student, tmp).save(str(folder), create_model_card=False)
+        model = build_sentence_transformer(student, tmp, query_encoder)
+        model.save(str(folder), create_model_card=False)
+        if onnx:
+            info["onnx"] = write_onnx(model, folder, onnx_quantize)
         (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         (folder / "README.md").write_text(model_card(student, info, train_config, scores, source))
         (folder / EXPORT_MARKER).write_text(
@@ -155,15 +172,19 @@ def export_checkpoint(
     out_dir: str | Path,
     scores: str | Path | Sequence | None = None,
     overwrite: bool = False,
+    **serving,
 ) -> Path:
-    """Export a student.pt, Lightning .ckpt or DeepSpeed checkpoint directory (python export.py ckpt=... out=...)."""
+    """Export a student.pt, Lightning .ckpt or DeepSpeed checkpoint directory (python export.py ckpt=... out=...);
+    ``serving``: `export_student`'s ``onnx``, ``onnx_quantize`` and ``query_encoder``."""
     ckpt = Path(ckpt)
     check_out(Path(out_dir), [ckpt], overwrite)  # before the student loads: refused in a second
     student, train_config = load_student(ckpt)
     tower = ckpt.parent / VISION_FILE
     also = (lambda folder: export_vision(ckpt, tower, folder)) if ckpt.is_file() and tower.is_file() else None
     scores = (student_scores(ckpt) or None) if scores is None else scores
-    return export_student(student, out_dir, train_config, scores, str(ckpt), overwrite, [ckpt], also)
+    return export_student(
+        student, out_dir, train_config, scores, str(ckpt), overwrite, [ckpt], also, **serving
+    )
 
 
 def check_out(out: Path, keep: Sequence[Path] = (), overwrite: bool = False) -> None:
@@ -220,138 +241,3 @@ def load_multimodal(export_dir: str | Path) -> MultimodalStudent:
         )
     student, _ = load_student(Path(export_dir) / info["multimodal"]["student"])
     return MultimodalStudent(student, load_vision(Path(export_dir) / info["multimodal"]["vision"])).eval()
-
-
-# Model card: models named by their names, never by a path of the machine that trained them.
-GENERIC_PARTS = {"model", "models", "snapshots", "export", "checkpoints", STUDENT_FILE}
-PLUMBING_KEYS = ("paths", "callbacks", "hydra")  # where a run wrote its files: nothing about the model
-
-
-def display_name(value: str) -> str:
-    """A model or file as a reader elsewhere knows it: hub ids as they are; the packaged all-MiniLM-L6-v2 by its
-    hub name; a Hugging Face cache snapshot by its repo id; any other local path by its last meaningful parts
-    (``outputs/mine/stage3/student.pt`` -> ``mine/stage3``)."""
-    text = str(value)
-    path = Path(text).expanduser()
-    if not (text.startswith(("/", "~", "./", "../")) or path.exists()):
-        return text  # a hub id (or a plain name)
-    try:
-        if path.resolve() == Path(packaged_minilm()).resolve():
-            return "sentence-transformers/all-MiniLM-L6-v2"
-    except ImportError:
-        pass
-    for part in path.parts:
-        if part.startswith("models--"):  # ~/.cache/huggingface/hub/models--org--name/snapshots/<hash>
-            return part.removeprefix("models--").replace("--", "/")
-    parts = [p for p in path.parts if p not in ("/", "~", ".", "..")]
-    named = [p for p in parts if p not in GENERIC_PARTS and not (len(p) == 40 and p.isalnum())]
-    keep = (
-        named[-2:]
-        if parts and (parts[-1] in GENERIC_PARTS or path.suffix in (".pt", ".ckpt"))
-        else named[-1:]
-    )
-    return "/".join(keep) or path.name
-
-
-def public_config(config: Mapping) -> dict:
-    """The training config as the model card shows it: run plumbing (`PLUMBING_KEYS`) left out, every absolute
-    path named with `display_name`."""
-
-    def clean(value):
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if isinstance(value, str) and value.startswith(("/", "~")):
-            return display_name(value)
-        return value
-
-    return {k: clean(v) for k, v in config.items() if k not in PLUMBING_KEYS}
-
-
-def student_scores(ckpt: str | Path) -> list:
-    """This student's rows of the evaluation tables of its run (``<run>/eval/*/results.json``, as
-    ``python evaluate.py run_name=RUN`` writes them), or none: a stage folder's student is the table's ``stageN``
-    model (or its path under the run, for sweep jobs)."""
-    stage = next((p for p in [Path(ckpt), *Path(ckpt).parents] if stage_number(p.name) is not None), None)
-    if stage is None:
-        return []
-    for run in list(stage.parents)[:3]:
-        names = {stage.name, str(stage.relative_to(run))}
-        rows = [r for table in sorted(run.glob("eval/*/results.json")) for r in load_json(table)]
-        if any(r.model in names for r in rows):
-            return [r for r in rows if r.model in names]
-    return []
-
-
-def model_card(
-    student: Student,
-    info: dict,
-    train_config: Mapping | None = None,
-    scores: str | Path | Sequence | None = None,
-    source: str | None = None,
-) -> str:
-    """README.md: what the model is, how to load each head, the training config and scores (when given)."""
-    lines = [
-        "---",
-        "library_name: sentence-transformers",
-        "pipeline_tag: sentence-similarity",
-        "tags: [sentence-transformers, feature-extraction, distillation, jasper]",
-        "---",
-        "",
-        "# Jasper/Stella-distilled student",
-        "",
-        (
-            f"Encoder initialised from `{display_name(student.model_name_or_path)}`"
-            if student.model_name_or_path
-            else f"Encoder built from a `{student.encoder.config.model_type}` config (random initial weights)"
-        )
-        + f" ({student.encoder.config.num_hidden_layers} layers), "
-        f"mean pooling, FC1 to {student.fc1_dim} dimensions, MRL mode `{student.mrl_mode}`"
-        + (f", exported from `{source}`." if source else "."),
-        "",
-        "| head | dim | how to get it |",
-        "|---|---|---|",
-    ]
-    for name, head in info["heads"].items():
-        if "truncate_dim" in head:
-            how = f"`SentenceTransformer(path, truncate_dim={head['truncate_dim']})`"
-        elif name == FC1 or len(info["heads"]) == 1:
-            how = "`SentenceTransformer(path).encode(texts)` (default)"
-        else:
-            how = f'`SentenceTransformer(path).encode(texts, task="{name}")`'
-        lines.append(f"| {name} | {head['dim']} | {how} |")
-    lines += [
-        "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        "model = SentenceTransformer(path)",
-        "vectors = model.encode(texts, normalize_embeddings=True)   # FC1",
-        "```",
-        "",
-        *(
-            [
-                f"Load it with `SentenceTransformer(path, **{info['load_kwargs']!r})`: its tokenizer is not the one "
-                f"transformers registers for `{student.encoder.config.model_type}` models.",
-                "",
-            ]
-            if "load_kwargs" in info
-            else []
-        ),
-        f"Prompt prepended to every text (saved as the default prompt): {student.prompt!r}. "
-        f"max_seq_length: {student.max_length}.",
-        "",
-    ]
-    if scores is not None:
-        rows = load_json(scores) if isinstance(scores, str | Path) else list(scores)
-        lines += ["## Scores", "", markdown_table(rows), ""]
-    if train_config is not None:
-        lines += [
-            "## Training config",
-            "",
-            "```yaml",
-            yaml.safe_dump(dict(train_config), sort_keys=False).rstrip(),
-            "```",
-            "",
-        ]
-    return "\n".join(lines)
