@@ -6,6 +6,7 @@ python evaluate.py eval=images model=PATH/student.pt: a stage-4 student and its 
 student's queries against the teachers' documents, and the trade-off figure (docs/evaluation.md, "Serving").
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.evaluation.image_retrieval import evaluate_images
 from jasper.evaluation.runner import evaluate, missing_data_note
+from jasper.training.run import quote_paths
 
 REPO = Path(__file__).resolve().parent
 
@@ -32,4 +34,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # a job folder's name holds "=": Hydra needs it quoted
     main()

@@ -1,11 +1,14 @@
 """Export a student as a sentence-transformers folder with every head: python export.py ckpt=PATH out=DIR
 [onnx=true] [query_encoder=true] (docs/export.md)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.exporting import ExportRefused, export_checkpoint
+from jasper.training.run import quote_paths
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
@@ -26,4 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # a job folder's name holds "=": Hydra needs it quoted
     main()

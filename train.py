@@ -6,18 +6,20 @@ import hydra
 from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
-from jasper.training.run import RunRefused, check_overrides, run
+from jasper.training.run import RunRefused, check_overrides, quote_paths, run
+from jasper.training.stages.base import NonFiniteLoss
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
-    except RunRefused as error:  # a configuration this machine cannot run: one line, no traceback
-        raise SystemExit(f"error: {error}") from None
+    except (RunRefused, NonFiniteLoss) as error:  # a config this machine cannot run, or a diverged stage: one
+        raise SystemExit(f"error: {error}") from None  # line that names the key to change, no traceback
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # a job folder's name holds "=": Hydra needs it quoted
     try:  # before Hydra composes: an override of the stage_settings view is refused, naming the key to use
         check_overrides(sys.argv[1:])
     except RunRefused as error:

@@ -10,16 +10,17 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from jasper.core.disk import check_name
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
 from jasper.models.student import FC1, Student
-from jasper.storage.checkpoints import STUDENT_FILE, load_student_weights, stage_students
+from jasper.storage.checkpoints import STUDENT_FILE, load_student, stage_students
 from jasper.training.assembly import assemble
 
 log = logging.getLogger(__name__)
+SAME_KEYS = ("seed", "teachers", "data")  # what decides the held-out texts and their teacher vectors
 
 
 def fidelity_row(
@@ -37,8 +38,47 @@ def fidelity_row(
     return ResultRow(model=name, metrics=metrics)
 
 
+def saved_config(student_file: Path) -> DictConfig:
+    """The config a stage trained with: Hydra's ``.hydra/config.yaml`` beside its ``student.pt``."""
+    path = student_file.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {path}: report.py rebuilds the run's teachers and held-out texts from the config the run saved "
+            "there, so it reports on runs trained with train.py"
+        )
+    cfg = OmegaConf.load(path)
+    cfg.paths.output_dir = str(
+        student_file.parent
+    )  # was ${hydra:runtime.output_dir}, known only inside Hydra
+    return cfg
+
+
+def run_config(stages: list[tuple[str, Path]]) -> DictConfig:
+    """The first stage's saved config; every other stage must share its teachers, data and seed, or the rows
+    would be scored on different held-out texts."""
+    first_name, first = stages[0]
+    cfg = saved_config(first)
+    for name, path in stages[1:]:
+        other = saved_config(path)
+        for key in SAME_KEYS:
+            if unresolved(other, key) != unresolved(cfg, key):
+                raise ValueError(
+                    f"{name} was trained with other {key}= than {first_name}: their fidelity is not measured on "
+                    f"the same held-out texts; report each alone with run_name=<run>/<folder>"
+                )
+    return cfg
+
+
+def unresolved(cfg: DictConfig, key: str) -> object:
+    """``cfg[key]`` as written (interpolations kept: comparing them needs no resolver and no Hydra)."""
+    value = cfg.get(key)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def report(cfg: DictConfig) -> str:
-    """Build the run's teachers, student and held-out data from ``cfg``; score init and every finished stage."""
+    """Score init and every finished stage of the run ``cfg.paths.run_dir`` on its held-out texts, with the
+    teachers, data and seed that the run saved (its ``.hydra/config.yaml``, not today's defaults). Each stage is
+    scored with its own heads; a head a student lacks shows as "-"."""
     check_name(cfg.run_name, "run_name", subfolders=True)  # the report is written into the run's folder
     run_dir = Path(cfg.paths.run_dir)
     stages = stage_students(run_dir)
@@ -46,15 +86,16 @@ def report(cfg: DictConfig) -> str:
         raise FileNotFoundError(
             f"no {STUDENT_FILE} under {run_dir}: train first (python train.py run_name={cfg.run_name})"
         )
-    parts = assemble(
-        cfg, init_from=None
-    )  # seeded as training is: the random FC1 and heads stage 1 started from
-    student, datamodule, batch = parts.student, parts.datamodule, parts.settings.batch_size
-    datamodule.setup("validate")
-    texts, teacher = datamodule.val_set.texts, datamodule.val_set.teacher_vectors
-    rows = [fidelity_row("init", student, texts, teacher, batch)]
+    trained = run_config(stages)
+    log.info("teachers, data and init as %s trained them", stages[0][0])
+    # The untrained init, seeded as training was: the random FC1 and heads stage 1 started from.
+    parts = assemble(trained, init_from=None)
+    _, texts = parts.datamodule.prepare_texts()  # the teachers encode the held-out texts only
+    teacher = parts.teachers.encode(texts)
+    batch = parts.settings.batch_size
+    rows = [fidelity_row("init", parts.student, texts, teacher, batch)]
     for name, path in stages:
-        load_student_weights(student, path)
+        student, _ = load_student(path)
         rows.append(fidelity_row(name, student, texts, teacher, batch))
     write_report(rows, run_dir, stem="fidelity")
     table = markdown_table(rows)

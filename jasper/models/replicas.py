@@ -289,4 +289,3 @@ def build_tower_replica(cache_dir: str | Path, shape: Mapping[str, int] = SIGLIP
         save_for_hf(model, staging, model_args=dict(shape), safe_serialization=True)
         commit = hashlib.sha1(f"jasper replica of {SIGLIP_REPO}".encode()).hexdigest()  # noqa: S324 (a name)
         return write_snapshot(cache_dir, SIGLIP_REPO, Path(staging), commit)
-

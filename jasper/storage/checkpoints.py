@@ -290,9 +290,11 @@ def resolve_init_from(
 
 
 def newest_checkpoint(folder: str | Path) -> Path | None:
-    """The Lightning checkpoint written last under ``folder`` (``last.ckpt`` or a ``step=N`` one: an interrupt
-    between the two writes leaves the other one older), or None. A checkpoint is a ``.ckpt`` file or, under
-    DeepSpeed, a ``.ckpt`` directory (:func:`is_deepspeed_dir`), dated by :func:`written_at`."""
+    """The Lightning checkpoint written last under ``folder`` (``last.ckpt``, a link to the newest ``step=N``
+    one, or a copy of it; a link left dangling by an interrupt between Lightning's removing the old file and linking
+    the new one is skipped), or None. The link wins a tie with its target: Lightning never removes the file a run
+    resumed from, so resuming from the target would leave two checkpoints. A checkpoint is a ``.ckpt`` file or,
+    under DeepSpeed, a ``.ckpt`` directory (:func:`is_deepspeed_dir`), dated by :func:`written_at`."""
     found = [p for p in Path(folder).glob("*.ckpt") if p.is_file() or is_deepspeed_dir(p)]
     return max(found, key=lambda p: (written_at(p), p.name == "last.ckpt")) if found else None
 
@@ -317,6 +319,12 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoints: str | Path) -> str | N
         return None
     if ckpt_path == "last":
         newest = newest_checkpoint(checkpoints)
+        finished = Path(checkpoints).parent / STUDENT_FILE
+        if newest is None and finished.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but the stage finished ({finished} is written; a finished stage keeps no "
+                f"checkpoint in {checkpoints}): drop ckpt_path to train it again"
+            )
         if newest is None:
             raise FileNotFoundError(
                 f"ckpt_path=last but {checkpoints} holds no checkpoint: drop ckpt_path to start the stage fresh"

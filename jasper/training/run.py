@@ -22,6 +22,24 @@ from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
 
 
+# A value holding one of these is Hydra syntax the user wrote (quotes, an interpolation, a list or dict).
+LEFT_ALONE = set("'\"${}[]\\")
+
+
+def quote_paths(args: Sequence[str]) -> list[str]:
+    """``key=value`` overrides whose value holds ``=`` (a multirun's job folder, ``outputs/run/mrl_dims=128,64/
+    stage3/student.pt``), quoted for Hydra: its grammar refuses a bare ``=`` in a value, and reads the ``,`` as a
+    sweep. Such a value can only be a string, so quoting it changes no other meaning; flags (``-m``) and values
+    that already use Hydra's syntax pass unchanged. The entry points call it on ``sys.argv`` before Hydra."""
+    quoted = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if not arg.startswith("-") and equals and "=" in value and not LEFT_ALONE & set(value):
+            arg = f"{key}='{value}'"
+        quoted.append(arg)
+    return quoted
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse an override of the ``stage_settings`` view (Hydra's own error would only say it cannot), naming the
     key that holds the setting: ``stages.stage<N>.<key>``."""
