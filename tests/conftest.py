@@ -83,12 +83,13 @@ def corpus_file(tmp_path_factory, docstrings) -> str:
 
 @pytest.fixture(scope="session")
 def teacher_replicas(tmp_path_factory) -> Path:
-    """A Hugging Face cache holding the paper's teachers as tiny random stand-ins (jasper.models.replicas), under
-    their hub ids at the commits conf/teachers/nvembed_stella.yaml pins."""
-    from jasper.models.replicas import build_teacher_replicas
+    """A Hugging Face cache holding everything experiment=jasper_paper reads from the hub as tiny stand-ins
+    (jasper.data.replicas): the teachers under their hub ids at the commits conf/teachers/nvembed_stella.yaml pins,
+    the SigLIP tower, fineweb-edu, embedding-training-data and Infinity-MM. Built once (~6 s)."""
+    from jasper.data.replicas import build_paper_replicas
 
     cache = tmp_path_factory.mktemp("hub")
-    build_teacher_replicas(cache)
+    build_paper_replicas(cache)
     return cache
 
 
@@ -108,3 +109,44 @@ def on_teacher_replicas(teacher_replicas, monkeypatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
     monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", env["HF_MODULES_CACHE"])
     return teacher_replicas
+
+
+@pytest.fixture
+def outcome(request):
+    """For a test of a training outcome (marker ``outcome``): ``outcome.seed`` is the seed to train with
+    (``JASPER_OUTCOME_SEED``, default 0), and ``outcome.check(name, value, margin)`` asserts ``value > margin``.
+    When ``JASPER_OUTCOME_LOG`` names a file, every checked value is appended there with the CPU kernel it ran under
+    and a value below its margin fails the test only at its end, so one miss still records the others.
+    experiments/outcome_spread.py runs the outcome tests over seeds and ``ATEN_CPU_CAPABILITY`` settings this way;
+    the margins come from its table (experiments/outcome_spread.md)."""
+    if request.node.get_closest_marker("outcome") is None:
+        raise pytest.UsageError(f"{request.node.name} uses the outcome fixture: mark it @pytest.mark.outcome")
+    log = os.environ.get("JASPER_OUTCOME_LOG")
+    misses: list[str] = []
+
+    class Outcome:
+        seed = int(os.environ.get("JASPER_OUTCOME_SEED", "0"))
+
+        @staticmethod
+        def check(name: str, value, margin: float, detail: object = "") -> None:
+            value = float(value.detach()) if hasattr(value, "detach") else float(value)
+            message = f"{name}: {value:+.4f}, margin {margin} {detail}"
+            if not log:
+                assert value > margin, message
+                return
+            row = {
+                "test": request.node.name,
+                "name": name,
+                "value": value,
+                "margin": margin,
+                "seed": Outcome.seed,
+                "kernel": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
+            }
+            with open(log, "a", encoding="utf-8") as file:
+                file.write(json.dumps(row) + "\n")
+            if value <= margin:
+                misses.append(message)
+
+    yield Outcome()
+    if misses:
+        pytest.fail("below the margin: " + "; ".join(misses))

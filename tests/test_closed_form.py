@@ -25,8 +25,9 @@ def test_ridge_shrinks_the_weights():
     assert ridge_fc1(x, t, 10.0)[0].norm() < ridge_fc1(x, t, 0.0)[0].norm()
 
 
-def test_closed_form_fc1_lowers_the_cosine_loss_against_a_random_fc1():
-    torch.manual_seed(0)
+@pytest.mark.outcome
+def test_closed_form_fc1_lowers_the_cosine_loss_against_a_random_fc1(outcome):
+    torch.manual_seed(outcome.seed)
     x = torch.randn(500, 16)
     teacher = F.normalize(
         torch.tanh(x @ torch.randn(16, 24)), dim=-1
@@ -35,7 +36,7 @@ def test_closed_form_fc1_lowers_the_cosine_loss_against_a_random_fc1():
     random_loss = cosine_loss(F.normalize(fc1(x), dim=-1), teacher)
     weight, bias = ridge_fc1(x, teacher, ridge=1e-3)
     solved_loss = cosine_loss(F.normalize(x @ weight.T + bias, dim=-1), teacher)
-    assert solved_loss < 0.25 * random_loss  # measured: 0.11 against 0.98
+    outcome.check("random / solved cosine loss", random_loss / solved_loss, 4.0)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -179,22 +179,24 @@ def colour_pairs(folder: Path, shades: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
+@pytest.mark.outcome
+def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path, outcome):
     """Trained on 24 noisy single-colour images, each captioned by its colour's scene ("a ripe tomato on a plate"
     for red; MiniLM's text path, frozen), the tower retrieves the captions of unseen images (new noise, one of each
-    colour, four draws of 6): image->caption R@1 averaged over the draws at least 0.5, against chance 1/6 (and the
-    untrained tower below that). Measured on an AVX-512 machine: 0.33 before training and after 40 steps (the old
-    budget, failing under ATEN_CPU_CAPABILITY avx512, avx2 and default alike), 0.83 after 80, 1.0 after 120 (native
-    kernels); with 120 steps the test passes under all three settings."""
+    colour, four draws of 6): image->caption R@1 averaged over the draws, against chance 1/6. At lr 3e-3 one seed
+    under ATEN_CPU_CAPABILITY=avx2 stalled (loss down only 6x, R@1 0.5, the knife edge the issue saw); at 1e-3 every
+    seed 0-3 under default, avx2 and avx512 reaches R@1 1.0 with the loss down 80x or more. Margins:
+    experiments/outcome_spread.md."""
     from jasper.core.metrics import pair_recall
 
-    torch.manual_seed(0)
+    torch.manual_seed(outcome.seed)
     student = Student(minilm_path, fc1_dim=64, mrl_dims=[16], num_layers=3, max_length=16)
-    module = Stage4(student, DistillLoss(), tower_factory(), optimizer=partial(torch.optim.AdamW, lr=3e-3))
-    train = batch_of(module, colour_pairs(tmp_path / "train", shades=4, seed=0))
+    module = Stage4(student, DistillLoss(), tower_factory(), optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    base = 10 * outcome.seed  # the seed also draws the images' noise
+    train = batch_of(module, colour_pairs(tmp_path / "train", shades=4, seed=base))
     held_out = [
         batch_of(module, colour_pairs(tmp_path / f"held_out{seed}", shades=1, seed=seed))
-        for seed in (1, 2, 3, 4)
+        for seed in range(base + 1, base + 5)
     ]
     optimizer = module.configure_optimizers()
 
@@ -218,8 +220,9 @@ def test_alignment_improves_on_held_out_pairs(minilm_path, tmp_path):
         optimizer.step()
     recall_after, loss_after = recall()
     chance = 1 / len(held_out[0]["captions"])
-    assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
-    assert recall_after >= 0.5 > recall_before, (chance, recall_before, recall_after)
+    outcome.check("loss before / after", loss_before / loss_after, 2.0)
+    outcome.check("held-out image->caption R@1 after - before", recall_after - recall_before, 0.3, chance)
+    outcome.check("held-out image->caption R@1 after", recall_after, 0.5, chance)
 
 
 def test_stage4_composes_with_the_default_and_the_paper():
