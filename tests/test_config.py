@@ -304,7 +304,10 @@ def test_the_command_lines_are_found():
     assert len(commands) > 30
     assert {entry for entry, _ in commands} == set(ENTRY_POINTS)
     assert ("evaluate", ("model=PATH",)) in commands and ("train", ()) in commands
-    assert ("export", ("ckpt=outputs/mine/stage3/student.pt", "out=outputs/mine/export", "onnx=true")) in commands
+    assert (
+        "export",
+        ("ckpt=outputs/mine/stage3/student.pt", "out=outputs/mine/export", "onnx=true"),
+    ) in commands
 
 
 @pytest.mark.parametrize(

@@ -137,21 +137,24 @@ def test_only_a_folder_that_holds_nothing_but_hydra_files_is_removed(tmp_path):
     assert (run / "checkpoints").is_dir()
 
 
+class OneWeight(L.LightningModule):
+    """The smallest module Lightning trains: one weight pulled towards the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (batch.float() - self.weight).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def test_progress_bar_counts_the_stage_steps():
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return (batch.float() - self.weight).pow(2).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     bar = StageProgressBar("stage 2")
     trainer = L.Trainer(max_steps=7, callbacks=[bar], logger=False, enable_checkpointing=False)
-    trainer.fit(Module(), train_dataloaders=torch.utils.data.DataLoader(list(range(6)), batch_size=2))
+    trainer.fit(OneWeight(), train_dataloaders=torch.utils.data.DataLoader(list(range(6)), batch_size=2))
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (7, 7)  # over 3 epochs of 3 batches
     assert bar.train_progress_bar.desc.startswith("stage 2")
 
@@ -160,17 +163,6 @@ def test_a_stage_keeps_one_checkpoint_and_none_once_its_student_pt_replaces_it(t
     """StageCheckpoint (conf/callbacks/default.yaml): while a stage runs, one checkpoint file with last.ckpt a
     link to it; after all of ``stage_steps``, with student.pt written, none (and no empty folder); stopped
     earlier, the checkpoint stays."""
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return (batch.float() - self.weight).pow(2).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
 
     student = tmp_path / "student.pt"
     student.touch()  # as SaveStudent leaves it (it runs before checkpoint callbacks)
@@ -188,7 +180,7 @@ def test_a_stage_keeps_one_checkpoint_and_none_once_its_student_pt_replaces_it(t
             max_steps=max_steps, callbacks=[checkpoint], logger=False, enable_progress_bar=False
         )
         data = torch.utils.data.DataLoader(list(range(6)), batch_size=2)
-        trainer.fit(Module(), train_dataloaders=data, ckpt_path=newest_checkpoint(folder))
+        trainer.fit(OneWeight(), train_dataloaders=data, ckpt_path=newest_checkpoint(folder))
         if left is None:
             assert not folder.exists()
         else:
