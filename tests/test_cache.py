@@ -429,8 +429,9 @@ def test_nan_vectors_are_never_written(tmp_path, texts, teacher):
     assert not list((tmp_path / "broken").glob("shard-*"))
 
 
-def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
-    """Eight stage-1 steps on the tiny student; returns FC1's weights and the DataModule."""
+def fit_eight_steps(tiny_bert, docstrings, cache_dir, feature_cache: bool, stage: int):
+    """Eight steps of stage 1, or of stage 3 on the frozen encoder (``train_encoder=False``), on the tiny student;
+    returns the student's weights before and after, and the DataModule."""
     import functools
 
     import lightning as L
@@ -439,10 +440,13 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
     from jasper.data.datamodule import TextDistillDataModule
     from jasper.models.student import Student
     from jasper.training.stages.stage1 import Stage1
+    from jasper.training.stages.stage3 import Stage3
 
     teacher = HuggingFaceTeacher(tiny_bert, max_length=32, pooling="cls")
     L.seed_everything(3)
-    student = Student(tiny_bert, fc1_dim=teacher.dim, num_layers=4, max_length=32)
+    student = Student(
+        tiny_bert, fc1_dim=teacher.dim, num_layers=4, max_length=32, mrl_dims=[16, 8] if stage == 3 else []
+    )
     data = TextDistillDataModule(
         docstrings[:80],
         TeacherEnsemble([teacher], batch_size=8),
@@ -454,8 +458,12 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
         cache_dir=str(cache_dir),
         features=student if feature_cache else None,
     )
-    initial = student.fc1.weight.detach().clone()
-    module = Stage1(student, DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
+    before = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-2)
+    if stage == 1:
+        module = Stage1(student, DistillLoss(), optimizer=optimizer)
+    else:
+        module = Stage3(student, DistillLoss(), train_encoder=False, optimizer=optimizer)
     trainer = L.Trainer(
         max_steps=8,
         accelerator="cpu",
@@ -467,17 +475,49 @@ def fit_stage1(tiny_bert, docstrings, cache_dir, feature_cache: bool):
     )
     L.seed_everything(3)
     trainer.fit(module, datamodule=data)
-    assert not torch.allclose(student.fc1.weight, initial)  # FC1 did train
-    return student.fc1.weight.detach().clone(), data
+    return before, {k: v.detach().clone() for k, v in student.state_dict().items()}, data
 
 
 def test_stage1_on_cached_features_matches_stage1_on_the_encoder(tiny_bert, docstrings, tmp_path):
-    plain, _ = fit_stage1(tiny_bert, docstrings, tmp_path, feature_cache=False)
-    cached, data = fit_stage1(tiny_bert, docstrings, tmp_path, feature_cache=True)
+    before, plain, _ = fit_eight_steps(tiny_bert, docstrings, tmp_path, feature_cache=False, stage=1)
+    _, cached, data = fit_eight_steps(tiny_bert, docstrings, tmp_path, feature_cache=True, stage=1)
+    assert not torch.allclose(plain["fc1.weight"], before["fc1.weight"])  # FC1 did train
     batch = next(iter(data.train_dataloader()))
     assert "features" in batch and "input_ids" not in batch  # the encoder never ran during training
-    assert torch.allclose(cached, plain, atol=1e-5), (cached - plain).abs().max()
+    difference = (cached["fc1.weight"] - plain["fc1.weight"]).abs().max()
+    assert torch.allclose(cached["fc1.weight"], plain["fc1.weight"], atol=1e-5), difference
     assert any(p.name.startswith("student-features-") for p in tmp_path.glob("corpus-*/*"))
+
+
+def test_frozen_stage3_on_cached_features_matches_frozen_stage3_on_the_encoder(
+    tiny_bert, docstrings, tmp_path
+):
+    before, plain, _ = fit_eight_steps(tiny_bert, docstrings, tmp_path, feature_cache=False, stage=3)
+    _, cached, data = fit_eight_steps(tiny_bert, docstrings, tmp_path, feature_cache=True, stage=3)
+    assert "features" in next(iter(data.train_dataloader()))
+    changed = {k for k in plain if not torch.equal(plain[k], before[k])}
+    assert changed == {
+        f"{m}.{p}" for m in ("fc1", "heads.16", "heads.8") for p in ("weight", "bias")
+    }  # encoder frozen
+    for key in plain:  # tolerance: float32 sums over the same features in another order
+        assert torch.allclose(cached[key], plain[key], atol=1e-5), (
+            key,
+            (cached[key] - plain[key]).abs().max(),
+        )
+
+
+def test_stage3_feature_cache_needs_the_frozen_encoder():
+    from omegaconf import OmegaConf
+
+    from jasper.training.assembly import check_feature_cache
+
+    settings = OmegaConf.create({"feature_cache": True, "module": {"train_encoder": True}})
+    with pytest.raises(ValueError, match="add stages.stage3.module.train_encoder=false"):
+        check_feature_cache(settings, 3)
+    settings.module.train_encoder = False
+    check_feature_cache(settings, 3)
+    with pytest.raises(ValueError, match="set stages.stage2.feature_cache=false"):
+        check_feature_cache(OmegaConf.create({"feature_cache": True, "module": {}}), 2)
 
 
 def edited_copy(folder, destination):

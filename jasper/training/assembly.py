@@ -61,6 +61,22 @@ def build_tower(settings: DictConfig, student: Student, stage: int) -> VisionTow
     return tower
 
 
+def check_feature_cache(settings: DictConfig, stage: int) -> None:
+    """Cached pooled states are a fixed function of the text only while the encoder does not train: stage 1, or
+    stage 3 with ``module.train_encoder=false``. Refused before anything is encoded."""
+    frozen = stage == 1 or (stage == 3 and not settings.module.get("train_encoder", True))
+    if not frozen:
+        fix = (
+            "add stages.stage3.module.train_encoder=false or set stages.stage3.feature_cache=false"
+            if stage == 3
+            else f"set stages.stage{stage}.feature_cache=false"
+        )
+        raise ValueError(
+            f"stages.stage{stage}.feature_cache=true but stage {stage} trains the encoder, so its pooled states "
+            f"change every step and cannot be cached: {fix}"
+        )
+
+
 @dataclass
 class Parts:
     """What :func:`assemble` builds: the stage's settings, the teachers, the student (None for precompute), the
@@ -97,8 +113,9 @@ def assemble(cfg: DictConfig, student: bool = True, init_from: int | None = 1) -
         load_student_weights(model, start)
     tower = build_tower(settings, model, cfg.stage)
     extra: dict[str, Any] = {}
-    # stages.stage1.feature_cache: the frozen encoder's pooled states are cached once and FC1 trains on them.
+    # feature_cache: the frozen encoder's pooled states are cached once and FC1 (and stage 3's heads) train on them.
     if settings.get("feature_cache", False):
+        check_feature_cache(settings, cfg.stage)
         extra["features"] = model
     if tower is not None:  # image data: the tower's own preprocessing
         extra["transform"] = tower.transform

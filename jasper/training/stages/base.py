@@ -1,10 +1,11 @@
 """What every stage shares: :class:`DistillModule`, one training step for all four stages of the Jasper recipe.
 
-| stage | module                | trains                          | losses                                                  |
-| 1     | stage1.Stage1         | FC1 (encoder frozen, no grad)   | cos + sim + resim on FC1                                |
-| 2     | stage2.Stage2         | FC1 + last k encoder layers     | cos + sim + resim on FC1                                |
+| stage | module                | trains                          | losses                                                    |
+| 1     | stage1.Stage1         | FC1 (encoder frozen, no grad)   | cos + sim + resim on FC1                                  |
+| 2     | stage2.Stage2         | FC1 + last k encoder layers     | cos + sim + resim on FC1                                  |
 | 3     | stage3.Stage3         | everything, MRL heads added     | sim + resim on every MRL head vs the full teacher (+ FC1) |
-| 4     | stage4.Stage4         | the vision tower                | cos + sim + resim per head, image vs its caption        |
+|       |                       | (train_encoder=false: FC1 + heads on the frozen encoder)  |                                 |
+| 4     | stage4.Stage4         | the vision tower                | cos + sim + resim per head, image vs its caption          |
 
 A stage is a short subclass naming what trains and which losses apply; everything else is here.
 """
@@ -70,9 +71,14 @@ class DistillModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor], heads: list[str] | None = None) -> dict[str, Tensor]:
         """The student's vectors of the batch by head (``heads``; default: the trained ones)."""
         heads = self.trained_heads() if heads is None else heads
-        if "features" in batch:  # stage-1 feature cache: the frozen encoder's pooled states, precomputed
+        if (
+            "features" in batch
+        ):  # feature cache (stage 1, frozen stage 3): the encoder's pooled states, precomputed
             if not self.student.encoder_frozen:
-                raise ValueError("cached features need a frozen encoder: feature_cache is for stage 1 only")
+                raise ValueError(
+                    f"{self.stage_name()} trains the encoder, so its pooled states cannot be cached: "
+                    "feature_cache is for stage 1 and for stage 3 with module.train_encoder=false"
+                )
             return self.student.project(batch["features"].to(self.student.fc1.weight.dtype), heads)
         return self.student(batch["input_ids"], batch["attention_mask"], heads=heads)
 

@@ -1,4 +1,5 @@
-"""Stage 3: the whole student trains and the MRL heads learn the teachers' in-batch geometry."""
+"""Stage 3: the MRL heads learn the teachers' in-batch geometry while the whole student trains (or FC1 and the
+heads alone, on a frozen encoder)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class Stage3(DistillModule):
     ``head_teacher="fc1"``: the heads learn the student's own FC1 vectors (detached) instead of the teachers'
     (self-distillation, the paper's proposed but untested idea); ``"teacher"``: the teachers' vectors (paper).
 
+    ``train_encoder=False``: the encoder stays frozen (as stage 2 left it) and only FC1 and the heads train, so
+    ``stages.stage3.feature_cache=true`` can cache its pooled states once, like stage 1, and every step skips the
+    encoder. Not the paper's (it trains everything); a budget choice when stage 2 should have the encoder's steps.
+
     ``head_reduction``: how the heads' in-batch terms (sim + resim, weighted) combine. ``"mean"``, as the official
     code (NLPJCL/RAG-Retrieval, ``rag_retrieval/train/embedding/model_distill.py``: ``similarity_loss`` and
     ``triplet_loss`` summed over the MRL dims, the full one included, then divided by ``len(mrl_dims)``):
@@ -48,6 +53,7 @@ class Stage3(DistillModule):
         head_init: str = "fc1_prefix",
         head_teacher: str = "teacher",
         head_reduction: str = "mean",
+        train_encoder: bool = True,
         **kwargs,
     ) -> None:
         if not student.mrl_dims:
@@ -73,12 +79,15 @@ class Stage3(DistillModule):
         self.head_teacher = head_teacher
         self.head_reduction = head_reduction
         self.head_lr = head_lr
+        self.train_encoder = train_encoder
         super().__init__(student, loss, **kwargs)
         if head_init == "fc1_prefix":
             init_heads_from_fc1(student, skip=student.heads_trained)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters())
+        if self.train_encoder:
+            return list(self.student.parameters())
+        return list(self.student.fc1.parameters()) + list(self.student.heads.parameters())
 
     def parameter_groups(self) -> list[dict]:
         heads = list(self.student.heads.parameters())
