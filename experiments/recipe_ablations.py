@@ -35,6 +35,12 @@ BASE = [
     "stages.stage1.module.closed_form=1e-3",
     "stages.stage2.steps=300",
     "stages.stage2.module.optimizer.lr=1e-4",
+    # stage 3 as it was before round 4 made the default's a frozen-encoder stage 3 of 600 steps
+    "stages.stage3.module.train_encoder=true",
+    "stages.stage3.feature_cache=false",
+    "stages.stage3.steps=150",
+    "stages.stage3.val_every=50",
+    "stages.stage3.checkpoint_every=50",
 ]
 
 
@@ -52,6 +58,9 @@ class Variant:
 DEFAULT = ["teachers=minilm6", "data.source.sources=[gcide]", "stages.stage2.module.optimizer.lr=1e-3"]
 THREE_TERMS = ["stages.stage2.loss.similarity=200", "stages.stage2.loss.relative_similarity=20"]
 COSINE_ONLY = ["loss.similarity=0", "loss.relative_similarity=0"]
+
+# Stage 3 on the frozen encoder: FC1 and the heads train on the stage-2 encoder's cached pooled states.
+FROZEN_S3 = ["stages.stage3.module.train_encoder=false", "stages.stage3.feature_cache=true"]
 
 MIX_SOURCES = ["gcide", "chitchat", "sharegpt_questions", "sharegpt_passages"]
 
@@ -258,6 +267,51 @@ VARIANTS: dict[str, Variant] = {
         ]
     },
     "corpus_gcide_only": Variant("corpus: GCIDE only", ["data.source.sources=[gcide]"]),
+    # Round 4: toward the demo targets at the demo's wall time (issue 22): longer stage 2 on the mixes, paid for by
+    # a cheaper stage 3.
+    "r4_7003_s2_600": Variant(
+        "english_mix 70/0/0/30 (GCIDE + passages), stage 2 600 steps",
+        [*DEFAULT, *mix(7, 0, 0, 3), "stages.stage2.steps=600"],
+        stages=(2,),
+        start="mix_7003",
+    ),
+    "r4_7003_s3": Variant(
+        "english_mix 70/0/0/30, stage 2 600 steps, stage 3 as the default (after r4_7003_s2_600)",
+        [*DEFAULT, *mix(7, 0, 0, 3)],
+        stages=(3,),
+        start="r4_7003_s2_600",
+    ),
+    "r4_7003_s3_frozen": Variant(
+        "english_mix 70/0/0/30, stage 2 600 steps, stage 3 on the frozen encoder (FC1 + heads on cached features)",
+        [*DEFAULT, *mix(7, 0, 0, 3), *FROZEN_S3],
+        stages=(3,),
+        start="r4_7003_s2_600",
+    ),
+    "r4_7003_s3_frozen_600": Variant(
+        "english_mix 70/0/0/30, stage 2 600 steps, stage 3 on the frozen encoder for 600 steps",
+        [*DEFAULT, *mix(7, 0, 0, 3), *FROZEN_S3, "stages.stage3.steps=600"],
+        stages=(3,),
+        start="r4_7003_s2_600",
+    ),
+    "r4_default_s1": Variant("the embedded default's stage 1 (GCIDE)", DEFAULT, stages=(1,)),
+    "r4_gcide_s2_450": Variant(
+        "the embedded default, stage 2 450 steps",
+        [*DEFAULT, "stages.stage2.steps=450"],
+        stages=(2,),
+        start="r4_default_s1",
+    ),
+    "r4_gcide_450_frozen": Variant(
+        "the embedded default, stage 2 450 steps, stage 3 on the frozen encoder for 600 steps (the new default)",
+        [
+            *DEFAULT,
+            *FROZEN_S3,
+            "stages.stage3.steps=600",
+            "stages.stage3.val_every=200",
+            "stages.stage3.checkpoint_every=200",
+        ],
+        stages=(3,),
+        start="r4_gcide_s2_450",
+    ),
 }
 
 
