@@ -25,7 +25,8 @@ DEV_DATA = REPO.parent / "shared" / "data" / "dev"
 # test with a core idle.
 LONGEST_FIRST = (
     "tests/test_pipeline.py::test_each_stage_brings_the_student_closer_than_the_one_before",
-    "tests/test_readme.py::test_every_readme_command_runs",
+    "tests/test_readme.py::test_every_readme_command_runs[default]",
+    "tests/test_readme.py::test_every_readme_command_runs[mine]",
     "tests/test_paper_replica.py::test_jasper_paper_runs_unchanged_on_the_replicas",
     "tests/test_sweeps.py::test_local_launcher_runs_each_stage_as_its_own_process_after_the_one_before",
     "tests/test_export.py::test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told",
