@@ -92,8 +92,10 @@ def test_matches_reference_larger_batches(b, teacher_kind, dtype):
     _compare(student, teacher, 0.015, *tol)
 
 
-@pytest.mark.parametrize("teacher_kind", ["normal", "dup"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+# float64 with tied teacher similarities ("dup") is covered at b=32 and 64; at 128 the reference takes 11 s more.
+@pytest.mark.parametrize(
+    "teacher_kind, dtype", [("normal", torch.float64), ("normal", torch.float32), ("dup", torch.float32)]
+)
 def test_matches_reference_b128(teacher_kind, dtype):
     g = torch.Generator().manual_seed(128)
     student = _vectors("normal", 128, 384 // 8, g, dtype)

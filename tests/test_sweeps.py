@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from jasper.storage.checkpoints import resolve_init_from
 from jasper.training.sweeps import first_stage_changed, readable_subdir, summarise, write_job_metrics
 
@@ -71,6 +73,15 @@ def test_a_swept_job_starts_from_the_runs_previous_stage_when_it_may(tmp_path, c
     (job.parent / "stage2").mkdir(parents=True)
     (job.parent / "stage2" / "student.pt").touch()  # its own stage 2, beside it, comes first
     assert resolve_init_from("auto", 3, job, run, first_changed=3) == job.parent / "stage2" / "student.pt"
+
+
+def test_a_stage_whose_previous_stage_did_not_finish_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "stage2").mkdir(parents=True)  # what a failed stage 2 of a multirun leaves: its folder, no student
+    with pytest.raises(FileNotFoundError, match="stage 2 failed or was stopped") as error:
+        resolve_init_from("auto", 3, run / "stage3", run)
+    assert "stage=2 ckpt_path=last" in str(error.value) and "stages.stage3.init_from=PATH" in str(error.value)
+    assert resolve_init_from(None, 3, run / "stage3", run) is None  # an explicit choice still goes
 
 
 def test_sweep_summary_ranks_the_jobs(tmp_path):

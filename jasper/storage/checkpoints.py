@@ -251,7 +251,9 @@ def resolve_init_from(
 ) -> Path | None:
     """``auto``: the previous stage's ``student.pt`` beside this stage's output folder, if that stage has run; else
     (a swept job whose overrides change no stage below this one: ``first_changed >= stage_index``) the run's own
-    ``<run_dir>/stage<k-1>/student.pt``. Logs which student the stage starts from."""
+    ``<run_dir>/stage<k-1>/student.pt``. Logs which student the stage starts from. A previous stage whose folder
+    exists without a student (it failed or was stopped, e.g. in the same multirun) is refused: starting from the
+    pretrained encoder instead would silently train another recipe."""
     if init_from is None:
         log.info(
             "stage %d starts from the pretrained encoder (stages.stage%d.init_from=null)",
@@ -268,6 +270,15 @@ def resolve_init_from(
     if previous.is_file():
         log.info("stage %d starts from %s (the previous stage beside it)", stage_index, previous)
         return previous
+    if (
+        previous.parent.is_dir()
+    ):  # it started (a multirun's earlier job, or an earlier command) and did not finish
+        raise FileNotFoundError(
+            f"stage {stage_index} starts from stage {stage_index - 1} of this run, but {previous.parent} holds no "
+            f"{STUDENT_FILE}: stage {stage_index - 1} failed or was stopped. Finish it first (the same command with "
+            f"stage={stage_index - 1} ckpt_path=last resumes it), or set stages.stage{stage_index}.init_from=PATH "
+            "(null: the pretrained encoder)"
+        )
     runs = Path(run_dir) / stage_folder(stage_index - 1) / STUDENT_FILE if run_dir is not None else None
     if runs is not None and first_changed >= stage_index and runs.is_file():
         log.info(
