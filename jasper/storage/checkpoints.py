@@ -270,9 +270,8 @@ def resolve_init_from(
     if previous.is_file():
         log.info("stage %d starts from %s (the previous stage beside it)", stage_index, previous)
         return previous
-    if (
-        previous.parent.is_dir()
-    ):  # it started (a multirun's earlier job, or an earlier command) and did not finish
+    # it started (a multirun's earlier job, or an earlier command) and did not finish
+    if previous.parent.is_dir():
         raise FileNotFoundError(
             f"stage {stage_index} starts from stage {stage_index - 1} of this run, but {previous.parent} holds no "
             f"{STUDENT_FILE}: stage {stage_index - 1} failed or was stopped. Finish it first (the same command with "

@@ -71,9 +71,8 @@ class DistillModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor], heads: list[str] | None = None) -> dict[str, Tensor]:
         """The student's vectors of the batch by head (``heads``; default: the trained ones)."""
         heads = self.trained_heads() if heads is None else heads
-        if (
-            "features" in batch
-        ):  # feature cache (stage 1, frozen stage 3): the encoder's pooled states, precomputed
+        # feature cache (stage 1, frozen stage 3): the encoder's pooled states, precomputed
+        if "features" in batch:
             if not self.student.encoder_frozen:
                 raise ValueError(
                     f"{self.stage_name()} trains the encoder, so its pooled states cannot be cached: "
