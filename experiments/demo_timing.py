@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from recipe_ablations import env  # make demo's offline environment (experiments/ is on the path)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "demo_timing.json"
 
@@ -38,18 +40,6 @@ RECIPES = {
         "stages.stage3.checkpoint_every=50",
     ],
 }
-
-
-def env() -> dict[str, str]:
-    # make demo's environment: offline (its evaluation may use the hub for a missing dev set; here it is present)
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
 
 
 def commands(name: str, overrides: list[str]) -> dict[str, list[str]]:
