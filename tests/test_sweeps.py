@@ -16,6 +16,8 @@ from jasper.training.sweeps import first_stage_changed, readable_subdir, summari
 
 def test_job_folders_are_readable():
     assert readable_subdir("", 2) == "stage2"
+    assert readable_subdir("paths.cache_dir=/tmp/c__paths.run_dir=/tmp/r", 1) == "stage1"  # where, not what
+    assert readable_subdir("model.mrl_dims=[128,64]__paths.cache_dir=/tmp/c", 3) == "mrl_dims=128,64/stage3"
     assert readable_subdir("model.mrl_dims=[128,64]", 3) == "mrl_dims=128,64/stage3"
     assert (
         readable_subdir("+loss.similarity=1e+03__loss.margin=0.01", 1)

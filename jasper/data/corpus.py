@@ -322,7 +322,7 @@ class EnglishProse:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(content, encoding="utf-8")
             os.replace(tmp, path)  # a killed build leaves no file a later run would trust
-        log.info("english_prose corpus: %d texts written to %s", len(texts), self.path)
+        log.info("corpus of %d texts from %s written to %s", len(texts), ", ".join(kept), self.path)
         return stats
 
     def __iter__(self) -> Iterator[str]:

@@ -45,10 +45,13 @@ def _key(override: str) -> str:
 
 def readable_subdir(override_dirname: str, stage: int) -> str:
     """A multirun job's folder: ``stage<k>`` under its other overrides written short (``mrl_dims=128,64``; the
-    last part of each key, the whole key when two would read alike), or under a hash of them when too long."""
-    if not override_dirname:
+    last part of each key, the whole key when two would read alike), or under a hash of them when too long.
+    ``paths.*`` are left out: they say where the run is, and a job's folder named after its own cache folder
+    (``cache_dir=outputs-cache/stage1``) would move it whenever the cache moves."""
+    items = [item.partition("=")[::2] for item in override_dirname.split(ITEM_SEP) if item]
+    items = [(key, value) for key, value in items if not key.lstrip("+~").startswith("paths.")]
+    if not items:
         return stage_folder(stage)
-    items = [item.partition("=")[::2] for item in override_dirname.split(ITEM_SEP)]
     short = [key.split(".")[-1] for key, _ in items]
     parts = []
     for (key, value), name in zip(items, short, strict=True):
@@ -57,7 +60,7 @@ def readable_subdir(override_dirname: str, stage: int) -> str:
         parts.append(f"{name.lstrip('+~')}={clean}" if clean else name.lstrip("+~"))
     folder = FOLDER_SEP.join(parts)
     if len(folder) > MAX_NAME:
-        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+        digest = hashlib.sha1(ITEM_SEP.join(f"{k}={v}" for k, v in items).encode()).hexdigest()[:8]
         folder = f"{folder[: MAX_NAME - 9]}-{digest}"
     return f"{folder}/{stage_folder(stage)}"
 
