@@ -312,6 +312,25 @@ VARIANTS: dict[str, Variant] = {
         stages=(3,),
         start="r4_gcide_s2_450",
     ),
+    # Round 5: the 37 s the frozen stage 3 saved, spent on ~100 more stage-2 steps (its curve was still rising).
+    "r5_gcide_s2_550": Variant(
+        "the embedded default, stage 2 550 steps",
+        [*DEFAULT, "stages.stage2.steps=550"],
+        stages=(2,),
+        start="r4_default_s1",
+    ),
+    "r5_gcide_550_frozen": Variant(
+        "the embedded default, stage 2 550 steps, stage 3 on the frozen encoder for 600 steps",
+        [
+            *DEFAULT,
+            *FROZEN_S3,
+            "stages.stage3.steps=600",
+            "stages.stage3.val_every=200",
+            "stages.stage3.checkpoint_every=200",
+        ],
+        stages=(3,),
+        start="r5_gcide_s2_550",
+    ),
 }
 
 
