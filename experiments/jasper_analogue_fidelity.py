@@ -4,7 +4,10 @@ FC1 is 1152-d: its first 768 outputs are trained towards all-mpnet-base-v2, the 
 init (all-MiniLM-L6-v2), each teacher L2-normalised and the concatenation renormalised (jasper.models.teachers). This
 script scores, on the STS-B dev and SICK-R sentences, every stage's FC1, its two slices on their own, the two
 teachers and their concatenation (the distillation target), and the fidelity of each slice to its teacher (mean
-cosine over the sentences). It explains the verdict in experiments/jasper_analogue.md.
+cosine over the sentences). A second table gives the same fidelities on the run's own held-out training texts: a
+slice close to its teacher there and far on the dev sentences learned the corpus, not the teacher (the text
+limits it); far on both, the student has not learned that teacher yet (budget or weighting limits it). It explains
+the verdict in experiments/jasper_analogue.md.
 
     python experiments/jasper_analogue_fidelity.py [outputs/jasper_analogue] [--dev-dir ../shared/data/dev]
 
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from jasper.core.metrics import spearman
+from jasper.evaluation.fidelity import run_config
 from jasper.evaluation.loaders import load_sts_tsv
 from jasper.models.packaged import packaged_minilm, packaged_mpnet
 from jasper.storage.checkpoints import load_student, read_student, stage_students
@@ -35,6 +39,24 @@ def sts_score(vectors: dict[str, torch.Tensor], pairs) -> float:
 
 def by_text(texts: list[str], matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(zip(texts, matrix, strict=True))
+
+
+def held_out_texts(students: list[tuple[str, Path]]) -> list[str] | None:
+    """The run's held-out training texts, rebuilt from its saved config as report.py does (no teacher is run);
+    None for a run without one (not trained with train.py)."""
+    if not (students[0][1].parent / ".hydra" / "config.yaml").is_file():
+        return None
+    import jasper.training.resolvers  # noqa: F401  (the saved config's resolvers)
+    from jasper.training.assembly import assemble
+
+    return assemble(run_config(students), student=False).datamodule.prepare_texts()[1]
+
+
+def slice_fidelity(fc1: torch.Tensor, mpnet: torch.Tensor, init: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine of FC1's mpnet slice to mpnet and of its init slice to the init."""
+    dim = mpnet.shape[1]
+    to_mpnet, to_init = F.normalize(fc1[:, :dim], dim=-1), F.normalize(fc1[:, dim:], dim=-1)
+    return float((to_mpnet * mpnet).sum(-1).mean()), float((to_init * init).sum(-1).mean())
 
 
 def main() -> None:
@@ -66,10 +88,17 @@ def main() -> None:
                 "(experiment=jasper_analogue's teachers=mpnet_minilm)"
             )
 
-    teacher_vectors = {
-        name: model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True).cpu()
-        for name, model in teachers.items()
-    }
+    def encode_teachers(texts: list[str]) -> dict[str, torch.Tensor]:
+        return {
+            name: model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True).cpu()
+            for name, model in teachers.items()
+        }
+
+    corpus = held_out_texts(students)
+    if corpus is not None:
+        corpus_mpnet, corpus_init = encode_teachers(corpus).values()
+    corpus_rows = []
+    teacher_vectors = encode_teachers(texts)
     mpnet, init = teacher_vectors.values()
     target = F.normalize(torch.cat([mpnet, init], dim=-1), dim=-1)
     rows = [(name, by_text(texts, v), None, None) for name, v in teacher_vectors.items()]
@@ -78,8 +107,10 @@ def main() -> None:
         student, _ = load_student(path)
         fc1 = student.encode(texts, "fc1", show_progress=True)
         to_mpnet, to_init = F.normalize(fc1[:, :mpnet_dim], dim=-1), F.normalize(fc1[:, mpnet_dim:], dim=-1)
-        fidelity = (float((to_mpnet * mpnet).sum(-1).mean()), float((to_init * init).sum(-1).mean()))
-        rows.append((f"{stage} FC1", by_text(texts, fc1), *fidelity))
+        rows.append((f"{stage} FC1", by_text(texts, fc1), *slice_fidelity(fc1, mpnet, init)))
+        if corpus is not None:
+            corpus_fc1 = student.encode(corpus, "fc1")
+            corpus_rows.append((stage, *slice_fidelity(corpus_fc1, corpus_mpnet, corpus_init)))
         rows.append((f"{stage} FC1[:768] (mpnet part)", by_text(texts, to_mpnet), None, None))
         rows.append((f"{stage} FC1[768:] (init part)", by_text(texts, to_init), None, None))
 
@@ -89,6 +120,18 @@ def main() -> None:
         scores = " | ".join(f"{sts_score(vectors, ps):.4f}" for ps in pairs.values())
         fid = " | ".join("" if f is None else f"{f:.4f}" for f in (to_mpnet, to_init))
         print(f"| {name} | {scores} | {fid} |")
+    if corpus is None:
+        print(
+            f"\nNo held-out table: {students[0][1].parent}/.hydra/config.yaml (saved by train.py) is missing"
+        )
+        return
+    print(f"\nFidelity on the run's {len(corpus)} held-out training texts vs the dev sentences above:\n")
+    print("| stage | cos(FC1[:768], mpnet) held out | on dev | cos(FC1[768:], init) held out | on dev |")
+    print("|---|---|---|---|---|")
+    on_dev = {name.split()[0]: (m, i) for name, _, m, i in rows if name.endswith(" FC1")}
+    for stage, to_mpnet, to_init in corpus_rows:
+        dev_mpnet, dev_init = on_dev[stage]
+        print(f"| {stage} | {to_mpnet:.4f} | {dev_mpnet:.4f} | {to_init:.4f} | {dev_init:.4f} |")
 
 
 if __name__ == "__main__":

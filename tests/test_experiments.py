@@ -65,12 +65,28 @@ def test_smoothing_is_a_trailing_mean(window):
     assert smooth(values, window) == pytest.approx(expected, abs=1e-12)
 
 
-def _student_run(run_dir: Path, minilm: str, fc1_dim: int) -> None:
+def _student_run(run_dir: Path, minilm: str, fc1_dim: int, corpus_file: str | None = None) -> None:
+    """A stage-1 student; with ``corpus_file``, also the config train.py saves beside it (12 held-out texts)."""
     from jasper.models.student import Student
     from jasper.storage.checkpoints import save_student
 
     student = Student(minilm, fc1_dim=fc1_dim, num_layers=1, max_length=32)
     save_student(student, run_dir / "stage1" / "student.pt")
+    if corpus_file is not None:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        overrides = [
+            "experiment=jasper_analogue",
+            f"paths.run_dir={run_dir}",
+            "data=local_files",
+            f"data.source.paths=[{corpus_file}]",
+            "data.val_texts=12",
+        ]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        (run_dir / "stage1" / ".hydra").mkdir()
+        OmegaConf.save(cfg, run_dir / "stage1" / ".hydra" / "config.yaml")
 
 
 def _fidelity(run_dir: Path) -> subprocess.CompletedProcess:
@@ -92,7 +108,9 @@ def test_jasper_analogue_fidelity_scores_each_teacher_slice(tmp_path, minilm_pat
     _student_run(tmp_path / "run", minilm_path, fc1_dim=768 + 384)
     result = _fidelity(tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    table = result.stdout[result.stdout.index("| vectors |") :].splitlines()[2:]
+    assert "No held-out table: " in result.stdout  # a run without train.py's saved config, named
+    table = result.stdout[result.stdout.index("| vectors |") : result.stdout.index("No held-out")]
+    table = table.strip().splitlines()[2:]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table}
     assert list(rows) == [
         "all-mpnet-base-v2",
@@ -126,3 +144,18 @@ def test_jasper_analogue_fidelity_refuses_another_fc1(tmp_path, minilm_path):
     result = _fidelity(tmp_path / "run")
     assert result.returncode != 0
     assert "FC1 is 384-d, not the 1152-d of mpnet + MiniLM" in result.stderr
+
+
+def test_jasper_analogue_fidelity_compares_held_out_training_texts(tmp_path, minilm_path, corpus_file):
+    """With the run's saved config, a second table gives each slice's fidelity on the run's own held-out
+    texts beside the dev sentences' (the same values as the first table's FC1 row)."""
+    _student_run(tmp_path / "run", minilm_path, fc1_dim=768 + 384, corpus_file=corpus_file)
+    result = _fidelity(tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert "Fidelity on the run's 12 held-out training texts" in result.stdout
+    dev_row = next(line for line in result.stdout.splitlines() if line.startswith("| stage1 FC1 |"))
+    held_out_row = result.stdout.strip().splitlines()[-1]
+    assert held_out_row.startswith("| stage1 |")
+    held_mpnet, dev_mpnet, held_init, dev_init = (float(c) for c in held_out_row.strip("| ").split(" | ")[1:])
+    assert [dev_mpnet, dev_init] == [float(c) for c in dev_row.strip("| ").split(" | ")[3:]]
+    assert abs(held_mpnet) < 0.5 and abs(held_init) < 0.5  # a random FC1 agrees with neither teacher
