@@ -260,6 +260,11 @@ VARIANTS: dict[str, Variant] = {
                 [*mix(4, 2, 1, 3), "data.source.passage_words=120"],
             ),
             (
+                "4211_p120_len256",
+                "english_mix 40/20/10/30, passages cut to 120 words, training length 256 tokens",
+                [*mix(4, 2, 1, 3), "data.source.passage_words=120", "model.max_length=256"],
+            ),
+            (
                 "4211_len256",
                 "english_mix 40/20/10/30, training length 256 tokens",
                 [*mix(4, 2, 1, 3), "model.max_length=256"],
