@@ -1,10 +1,15 @@
-"""Wall time of a fresh install: `make install` (uv, tools/uv_install.py) against pip (what make install ran
-before: pip upgraded, then the README's two pip lines), alternating, each in a fresh clone with a fresh venv and a
-cold uv cache.
+"""Wall time of a fresh install and of the first use after it, in a fresh clone with a fresh venv and a cold uv
+cache, alternating:
+- pip: what make install ran first (pip upgraded, then the README's two pip lines; pip byte-compiles everything);
+- uv, compile all: uv with --compile-bytecode (UV_COMPILE_BYTECODE=1), what make install ran next;
+- make install: uv, byte code written on first import (the Makefile empties PYTHONDONTWRITEBYTECODE).
+The first use is make test's start: its two workers collecting the tests (`pytest --collect-only -n 2`), which
+imports what the tests import (torch, lightning, transformers, the project). Where nothing was compiled at install,
+it compiles that; PYTHONDONTWRITEBYTECODE=1 elsewhere, as on these machines (compiled there already).
 
     python benchmarks/install_bench.py [--rounds 2]
 
-Takes about 4 minutes a round on 2 cores and needs ~8 GB of free disk per clone (one at a time). Prints a table
+Takes about 8 minutes a round on 2 cores and needs ~8 GB of free disk per clone (one at a time). Prints a table
 and the ratio of the medians.
 """
 
@@ -43,39 +48,63 @@ def by_make(clone: Path, env: dict[str, str]) -> None:
     )
 
 
-def timed(install, work: Path) -> float:
+def by_uv_compiling_all(clone: Path, env: dict[str, str]) -> None:
+    by_make(clone, {**env, "UV_COMPILE_BYTECODE": "1"})
+
+
+def first_use(clone: Path, env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(clone / ".venv/bin/python"), "-m", "pytest", "--collect-only", "-q", "-n", "2"],
+        cwd=clone,
+        check=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+    )
+
+
+# name -> (install, PYTHONDONTWRITEBYTECODE of the first use)
+WAYS = {
+    "pip": (by_pip, "1"),
+    "uv, compile all": (by_uv_compiling_all, "1"),
+    "make install (uv, compile on first import)": (by_make, ""),
+}
+
+
+def timed(install, bytecode: str, work: Path) -> tuple[float, float]:
     clone = work / "clone"
     shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     cache = work / "uv-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "UV_CACHE_DIR": str(cache)}
+    env = {**os.environ, "UV_CACHE_DIR": str(cache), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.perf_counter()
     install(clone, env)
-    seconds = time.perf_counter() - start
+    installed = time.perf_counter()
+    first_use(clone, {**env, "PYTHONDONTWRITEBYTECODE": bytecode})
+    used = time.perf_counter()
     shutil.rmtree(clone)
     shutil.rmtree(cache, ignore_errors=True)
-    return seconds
+    return installed - start, used - installed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {"pip": [], "make install (uv)": []}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in WAYS}
     with tempfile.TemporaryDirectory(dir=REPO.parent) as work:
         for round_ in range(args.rounds):
-            for name, install in zip(times, (by_pip, by_make), strict=True):
-                times[name].append(timed(install, Path(work)))
-                print(f"round {round_ + 1}, {name}: {times[name][-1]:.1f} s", file=sys.stderr)
-    baseline = statistics.median(times["pip"])
-    print("| install | runs (s) | median (s) | vs pip |")
-    print("|---|---|---|---|")
+            for name, (install, bytecode) in WAYS.items():
+                times[name].append(timed(install, bytecode, Path(work)))
+                print(f"round {round_ + 1}, {name}: install, first use {times[name][-1]} s", file=sys.stderr)
+    baseline = statistics.median(sum(run) for run in times["pip"])
+    print("| install | install (s) | first use (s) | both, median (s) | vs pip |")
+    print("|---|---|---|---|---|")
     for name, runs in times.items():
-        median = statistics.median(runs)
-        print(
-            f"| {name} | {' / '.join(f'{t:.0f}' for t in runs)} | {median:.0f} | {median / baseline:.2f}x |"
-        )
+        median = statistics.median(sum(run) for run in runs)
+        installs = " / ".join(f"{run[0]:.0f}" for run in runs)
+        uses = " / ".join(f"{run[1]:.0f}" for run in runs)
+        print(f"| {name} | {installs} | {uses} | {median:.0f} | {median / baseline:.2f}x |")
 
 
 if __name__ == "__main__":
