@@ -20,10 +20,11 @@ install: $(STAMP)
 # torch and torchvision go in first and pinned: with a matching pair, lightning, timm and
 # sentence-transformers import cleanly (a mismatched torchvision breaks them all).
 # uv installs, from the sources pip is configured with (tools/uv_install.py): it unpacks and byte-compiles in
-# parallel. Fresh clone, cold cache, same versions: 189 / 76 s against pip's 283 / 206 s
-# (benchmarks/install_bench.py; I/O here is erratic: earlier pairs 76 / 73 s against 149 / 184 s).
+# parallel. Fresh clone, cold cache, same versions: 71 / 73 s against pip's 153 / 172 s
+# (benchmarks/install_bench.py; I/O here is erratic: earlier pairs 189 / 76 s against 283 / 206 s).
 # Keep the byte-compiling: where PYTHONDONTWRITEBYTECODE is set (as on these machines) without it every process
-# recompiles what it imports (make test took 13 minutes instead of 7-9).
+# recompiles what it imports (make test took 13 minutes instead of 7-9). Compiling only what is imported, on first
+# import, saved ~11 s of install + first use and cost it back later (the benchmark's docstring).
 UV_VERSION := 0.13.9
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
