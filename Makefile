@@ -46,10 +46,11 @@ demo: install
 	$(PY) report.py run_name=$(RUN)
 	HF_HUB_OFFLINE=0 $(PY) evaluate.py eval=demo run_name=$(RUN)  # a dev set missing here comes from the hub
 
-# Two pytest workers with one intra-op thread each keep both cores busy; two workers of two threads would spin
-# against each other (each ~5x slower).
+# Three pytest workers with one intra-op thread each keep both cores busy: two left a tenth of the core time idle
+# while tests waited on processes they started (here 8:58 and 9:31 on three against 9:28 and 9:38 on two; runs vary
+# by ~30 s). Workers of two threads would spin against each other (each ~5x slower).
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist worksteal
 
 # The tests of training outcomes (marker `outcome`) again under torch's other CPU kernels: their results differ
 # across kernels, and the margins must hold on every one (experiments/outcome_spread.md). .ci/run runs `default`.

@@ -19,30 +19,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 DEV_DATA = REPO.parent / "shared" / "data" / "dev"
 
-# The longest tests (each a minute or more on one of `make test`'s two workers), started first and dealt to both:
-# `--dist worksteal` gives each worker one contiguous half of this order, so every other one heads the second half.
-# A worker that finishes its half early steals what the other has not begun, and the run no longer ends on one long
-# test with a core idle.
+# The longest tests (each half a minute or more on one of `make test`'s workers), started first and dealt to every
+# worker: `--dist worksteal` gives each worker one contiguous share of this order, so each share opens with its own
+# long tests. A worker that finishes its share early steals what another has not begun, and the run no longer ends
+# on one long test with a core idle.
 LONGEST_FIRST = (
     "tests/test_pipeline.py::test_each_stage_brings_the_student_closer_than_the_one_before",
     "tests/test_readme.py::test_every_readme_command_runs[default]",
     "tests/test_readme.py::test_every_readme_command_runs[mine]",
     "tests/test_paper_replica.py::test_jasper_paper_runs_unchanged_on_the_replicas",
     "tests/test_sweeps.py::test_local_launcher_runs_each_stage_as_its_own_process_after_the_one_before",
-    "tests/test_export.py::test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told",
     "tests/test_pipeline.py::test_ddp_two_cpu_processes_gather_across_ranks",
+    "tests/test_stage4.py::test_one_multirun_chains_text_stages_and_stage4_on_images",
+    "tests/test_precompute.py::test_two_torchrun_processes_write_the_single_process_cache_byte_for_byte",
+    "tests/test_export.py::test_export_py_refuses_a_run_and_replaces_a_folder_only_when_told",
     "tests/test_gpu_check.py::test_cpu_smoke_runs_every_phase",
     "tests/test_serving.py::test_evaluate_py_scores_precisions_asymmetric_search_and_onnx",
 )
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_collection_modifyitems(config, items) -> None:
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)  # set on xdist's workers
     rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
     longest = sorted((item for item in items if item.nodeid in rank), key=lambda item: rank[item.nodeid])
     rest = [item for item in items if item.nodeid not in rank]  # in their own order
-    first, second = longest[0::2], longest[1::2]
-    split = max(len(items) // 2 - len(first), 0)
-    items[:] = first + rest[:split] + second + rest[split:]
+    ordered = []
+    # Each worker's share as worksteal deals them: what is left, divided by the workers left.
+    for worker in range(workers):
+        heads = longest[worker::workers]
+        share = (len(items) - len(ordered)) // (workers - worker)
+        take = max(share - len(heads), 0)
+        ordered += heads + rest[:take]
+        rest = rest[take:]
+    items[:] = ordered + rest
 
 
 @pytest.fixture(scope="session")
