@@ -2,7 +2,7 @@
 cache, alternating:
 - pip: what make install ran first (pip upgraded, then the README's two pip lines; pip byte-compiles everything);
 - make install: uv (tools/uv_install.py), byte-compiling everything (--compile-bytecode).
-The first use is make test's start: its two workers collecting the tests (`pytest --collect-only -n 2`), which
+The first use is the start of make test: two workers collecting the tests (`pytest --collect-only -n 2`), which
 imports what the tests import (torch, lightning, transformers, the project), with PYTHONDONTWRITEBYTECODE=1 as on
 these machines.
 
