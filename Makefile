@@ -24,7 +24,8 @@ install: $(STAMP)
 # (benchmarks/install_bench.py; I/O here is erratic: earlier pairs 189 / 76 s against 283 / 206 s).
 # Keep the byte-compiling: where PYTHONDONTWRITEBYTECODE is set (as on these machines) without it every process
 # recompiles what it imports (make test took 13 minutes instead of 7-9). Compiling only what is imported, on first
-# import, saved ~11 s of install + first use and cost it back later (the benchmark's docstring).
+# import, saved ~11 s of install + first use before later processes compile theirs (not measured; the benchmark's
+# docstring): too little to empty PYTHONDONTWRITEBYTECODE for every target.
 UV_VERSION := 0.13.9
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -14,7 +14,7 @@ and the ratio of the medians.
 Measured once and not kept (commit ffaf2d3): uv without --compile-bytecode, byte code written on first import
 instead (the project imports ~7,000 of the ~22,500 modules installed). Install 46 / 39 s against 71 / 73 s, but the
 first use 38 / 39 s against 17 / 22 s (both workers compile what they import): 81 s against 92 s in all, before
-the modules that later processes import (mteb, sentence-transformers) are compiled in their turn.
+the modules that later processes import (mteb, sentence-transformers) are compiled in their turn (not measured).
 """
 
 from __future__ import annotations
