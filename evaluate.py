@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.evaluation.image_retrieval import evaluate_images
 from jasper.evaluation.runner import evaluate, missing_data_note
-from jasper.training.run import quote_paths
+from jasper.training.command_line import quote_paths
 
 REPO = Path(__file__).resolve().parent
 

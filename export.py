@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.exporting import ExportRefused, export_checkpoint
-from jasper.training.run import quote_paths
+from jasper.training.command_line import quote_paths
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

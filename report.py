@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
 from jasper.evaluation.fidelity import report
-from jasper.training.run import quote_paths
+from jasper.training.command_line import quote_paths
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")

@@ -6,12 +6,15 @@ import hydra
 from omegaconf import DictConfig
 
 import jasper.training.resolvers  # noqa: F401  (registers the config resolvers)
-from jasper.training.run import RunRefused, check_overrides, quote_paths, run
-from jasper.training.stages.base import NonFiniteLoss
+from jasper.training.command_line import RunRefused, check_overrides, quote_paths
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # Lightning is imported here, once the command line has passed: a refused override answers without it
+    from jasper.training.run import run
+    from jasper.training.stages.base import NonFiniteLoss
+
     try:
         return run(cfg)
     except (RunRefused, NonFiniteLoss) as error:  # a config this machine cannot run, or a diverged stage: one

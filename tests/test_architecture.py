@@ -4,6 +4,8 @@ round in a circle, and sit at the top of a file unless a comment says why one wa
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +197,19 @@ def test_the_architecture_doc_shows_the_layers_as_the_code_has_them():
         "docs/architecture.md's layer diagram differs from the imports: replace it with the output of "
         "python tests/test_architecture.py"
     )
+
+
+def test_entry_points_start_without_lightning():
+    """Importing Lightning costs seconds on 2 cores (it imports all of torchmetrics): export.py and evaluate.py never
+    import it, train.py not before its command line passes (docs/architecture.md). In a fresh interpreter, as a
+    user's command starts."""
+    code = (
+        "import sys, train, evaluate, export; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics', 'pytorch_lightning'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", f"imported at start: {result.stdout.strip()}"
 
 
 if __name__ == "__main__":

@@ -166,7 +166,8 @@ def test_deepspeed_strategy_instantiates():
 def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
     import torch
 
-    from jasper.training.run import RunRefused, check_accelerator, validate
+    from jasper.training.command_line import RunRefused
+    from jasper.training.run import check_accelerator, validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_train([f"trainer={trainer}"])
@@ -288,7 +289,7 @@ def through_the_command_line(entry: str, args: list[str], capsys, monkeypatch) -
         spec.loader.exec_module(sys.modules[name])
         # As when run as a script: Hydra finds conf/ beside the file of a task function from "__main__".
         sys.modules[name].main.__wrapped__.__module__ = "__main__"
-    from jasper.training.run import quote_paths  # what the scripts' __main__ does before Hydra reads argv
+    from jasper.training.command_line import quote_paths  # as the scripts do before Hydra reads argv
 
     monkeypatch.setattr(sys, "argv", [str(path), *quote_paths(args), "--cfg", "job", "--resolve"])
     capsys.readouterr()
@@ -317,7 +318,8 @@ def test_the_command_lines_are_found():
 def test_every_documented_command_line_composes_and_instantiates(entry, args, tmp_path, capsys, monkeypatch):
     from jasper.evaluation.runner import default_out_dir, run_models
     from jasper.evaluation.sets import with_set_specs
-    from jasper.training.run import build, quote_paths
+    from jasper.training.command_line import quote_paths
+    from jasper.training.run import build
 
     monkeypatch.chdir(tmp_path)  # relative paths (outputs/...) land here
     needs_mpnet = any(a.startswith(MPNET_CONFIGS) for a in args) and not mpnet_installed()

@@ -14,7 +14,7 @@ from jasper.core.tables import load_json
 from jasper.evaluation.fidelity import report
 from jasper.models.student import Student
 from jasper.storage.checkpoints import save_student
-from jasper.training.run import quote_paths
+from jasper.training.command_line import quote_paths
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from jasper.core.losses import DistillLoss
 from jasper.data.image_sources import ImageFolderPairs
-from jasper.data.images import ImageCaptionDataModule, split_pairs, validate_pairs
+from jasper.data.image_pairs import split_pairs, validate_pairs
+from jasper.data.images import ImageCaptionDataModule
 from jasper.data.shapes import SyntheticShapes
 from jasper.models.student import Student
 from jasper.models.vision import VisionTower
@@ -52,7 +53,7 @@ def messy_folder(tmp_path):
 
 
 def test_bad_images_are_rejected_up_front_with_their_paths(messy_folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="jasper.data.images"):
+    with caplog.at_level(logging.WARNING, logger="jasper.data.image_pairs"):
         pairs, rejected = validate_pairs(list(ImageFolderPairs(str(messy_folder))))
     assert dict(rejected) == {"missing": 1, "empty": 1, "corrupt": 2, "no caption": 1}
     for name in ("missing.png", "empty.png", "corrupt.png", "truncated.png"):

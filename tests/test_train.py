@@ -17,14 +17,8 @@ from hydra import compose, initialize_config_dir
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.storage.checkpoints import newest_checkpoint
 from jasper.training.callbacks import StageCheckpoint, StageProgressBar
-from jasper.training.run import (
-    RunRefused,
-    check_overrides,
-    remove_unused_run_folder,
-    run,
-    stage_loss,
-    validate,
-)
+from jasper.training.command_line import RunRefused, check_overrides
+from jasper.training.run import remove_unused_run_folder, run, stage_loss, validate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,100 +1,29 @@
-"""Image-caption pairs for stage 4: up-front validation, a held-out split and the DataModule.
+"""Image-caption pairs for stage 4: the DataModule over the checked pairs and its held-out split.
 
 Every source yields ``(image path, caption)`` pairs: a folder with a jsonl/csv index (:class:`ImageFolderPairs`), a
 ``datasets`` source written to a cache folder (:class:`HubImageCaptions`, e.g. BAAI/Infinity-MM; both in
 :mod:`jasper.data.image_sources`), or generated shapes with captions that describe them (:class:`SyntheticShapes`
-in :mod:`jasper.data.shapes`, the offline default). Before training, every
-pair is checked (:func:`validate_pairs`): a missing, empty or undecodable image, or an empty caption, is dropped
-as a *pair*, counted by reason and logged with its path, so an epoch never meets a bad file and an image never
-slides against another image's caption.
+in :mod:`jasper.data.shapes`, the offline default). Before training, every pair is checked and the held-out
+captions are chosen (:mod:`jasper.data.image_pairs`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from jasper.data.batching import check_full_batch
+from jasper.data.image_pairs import split_pairs, validate_pairs
 from jasper.data.image_sources import Pair
 from jasper.models.vision import load_rgb
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation and split
-# ---------------------------------------------------------------------------------------------------------------
-def check_image(path: str) -> str | None:
-    """``None`` when ``path`` decodes to an image, else the reason (``missing``, ``empty``, ``corrupt``)."""
-    if not path:
-        return "missing"
-    file = Path(path)
-    if not file.is_file():
-        return "missing"
-    if file.stat().st_size == 0:
-        return "empty"
-    try:
-        with Image.open(file) as image:
-            image.load()  # a full decode: a truncated file fails here, not mid-epoch
-            if image.width < 1 or image.height < 1:
-                return "empty"
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
-        return "corrupt"
-    return None
-
-
-def validate_pairs(pairs: Sequence[tuple[object, object]]) -> tuple[list[Pair], Counter]:
-    """Keep pairs whose caption is a non-empty string and whose image decodes; count and log the others (by path)."""
-    kept: list[Pair] = []
-    rejected: Counter = Counter()
-    for path, caption in pairs:
-        reason = None
-        if not isinstance(caption, str) or not caption.strip():
-            reason = "no caption"
-        else:
-            reason = check_image(str(path or ""))
-        if reason is None:
-            kept.append((str(path), caption.strip()))
-        else:
-            rejected[reason] += 1
-            log.warning("image-caption pair rejected (%s): %s", reason, path or "<no image path>")
-    if rejected:
-        log.warning(
-            "%d of %d image-caption pairs rejected: %s", sum(rejected.values()), len(pairs), dict(rejected)
-        )
-    return kept, rejected
-
-
-def caption_key(caption: str, seed: int) -> str:
-    return hashlib.blake2b(f"{seed}:{caption}".encode(), digest_size=8).hexdigest()
-
-
-def split_pairs(pairs: Sequence[Pair], count: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
-    """Hold out ``count`` pairs with distinct captions (chosen by a seeded hash of the caption); training keeps no
-    pair whose caption is held out, so retrieval on the held-out pairs sees only unseen captions."""
-    captions = sorted({c for _, c in pairs}, key=lambda c: caption_key(c, seed))
-    if count >= len(captions):
-        raise ValueError(
-            f"images.val_pairs={count} leaves no training pair: only {len(captions)} distinct captions; lower it"
-        )
-    held_captions = set(captions[:count])
-    held, seen, train = [], set(), []
-    for path, caption in pairs:
-        if caption not in held_captions:
-            train.append((path, caption))
-        elif caption not in seen:
-            seen.add(caption)
-            held.append((path, caption))
-    return train, held
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -17,42 +16,10 @@ from jasper.core.disk import check_name
 from jasper.core.losses import SETTINGS, DistillLoss
 from jasper.storage.checkpoints import resolve_ckpt_path, stage_number
 from jasper.training.assembly import assemble, stage_settings
+from jasper.training.command_line import RunRefused
 from jasper.training.sweeps import METRICS_FILE, first_stage_changed, write_job_metrics
 
 HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's folder before the run starts
-
-
-# A value holding one of these is Hydra syntax the user wrote (quotes, an interpolation, a list or dict).
-LEFT_ALONE = set("'\"${}[]\\")
-
-
-def quote_paths(args: Sequence[str]) -> list[str]:
-    """``key=value`` overrides whose value holds ``=`` (a multirun's job folder, ``outputs/run/mrl_dims=128,64/
-    stage3/student.pt``), quoted for Hydra: its grammar refuses a bare ``=`` in a value, and reads the ``,`` as a
-    sweep. Such a value can only be a string, so quoting it changes no other meaning; flags (``-m``) and values
-    that already use Hydra's syntax pass unchanged. The entry points call it on ``sys.argv`` before Hydra."""
-    quoted = []
-    for arg in args:
-        key, equals, value = arg.partition("=")
-        if not arg.startswith("-") and equals and "=" in value and not LEFT_ALONE & set(value):
-            arg = f"{key}='{value}'"
-        quoted.append(arg)
-    return quoted
-
-
-def check_overrides(overrides: Sequence[str]) -> None:
-    """Refuse an override of the ``stage_settings`` view (Hydra's own error would only say it cannot), naming the
-    key that holds the setting: ``stages.stage<N>.<key>``."""
-    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "1")
-    stage = stage if stage.isdigit() else "N"
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key == "stage_settings" or key.startswith("stage_settings."):
-            rest = key.removeprefix("stage_settings").lstrip(".")
-            raise RunRefused(
-                f"{override}: stage_settings is a read-only view of the running stage's settings; override "
-                f"stages.stage{stage}{'.' + rest if rest else ''}={value or '...'} instead"
-            )
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -84,11 +51,6 @@ def check_steps(cfg: DictConfig) -> None:
                 f"own; give it 1 or more steps (0 steps suits only a stage whose module solves FC1 in closed "
                 f"form: stages.stage1.module.closed_form)"
             )
-
-
-class RunRefused(ValueError):
-    """A configuration that cannot run here, found before any model loads; the message is one line naming the
-    key to change (train.py prints it without a traceback)."""
 
 
 def validate(cfg: DictConfig) -> str | None:

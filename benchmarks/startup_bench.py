@@ -1,0 +1,69 @@
+"""Start-up of the entry points: the seconds a command spends importing before it does anything, now against what
+every entry point imported until 2026-12-04 (`jasper.training.run`, hence Lightning and all of torchmetrics).
+
+Each row runs a fresh interpreter in the repository, alternating the two sides, and times it to exit:
+- `import <entry>`: the entry point's module as it is now (export.py and evaluate.py never import Lightning; train.py
+  imports it once its command line has passed);
+- `import <entry>, jasper.training.run`: the same plus what it used to import first;
+- `train.py <refused override>`: a command train.py refuses (a `stage_settings` override), end to end.
+
+    OMP_NUM_THREADS=1 python benchmarks/startup_bench.py [--rounds 5]
+
+Needs nothing but the installed project; about a minute a round on 2 cores. Run it on idle cores: a concurrent torch
+job slows imports severalfold. Prints a table of medians and the ratio before / now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRIES = ("export", "evaluate", "train")
+REFUSED = ["train.py", "stage_settings.steps=5"]  # refused by check_overrides, before Hydra composes
+
+
+def seconds(args: list[str], expect: int = 0) -> float:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != expect:
+        raise SystemExit(f"{args} exited {result.returncode}, not {expect}:\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+    times: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for entry in ENTRIES:
+            times.setdefault(f"{entry}: now", []).append(seconds(["-c", f"import {entry}"]))
+            times.setdefault(f"{entry}: before", []).append(
+                seconds(["-c", f"import {entry}, jasper.training.run"])
+            )
+        times.setdefault("refused train.py: now", []).append(seconds(REFUSED, expect=1))
+        times.setdefault("refused train.py: before", []).append(
+            seconds(
+                [
+                    "-c",
+                    "import jasper.training.run, runpy, sys; sys.argv = " + repr(REFUSED) + "; "
+                    "runpy.run_path('train.py', run_name='__main__')",
+                ],
+                expect=1,
+            )
+        )
+    print(f"| start-up ({rounds} rounds, median) | now (s) | before (s) | before / now |")
+    print("|---|---:|---:|---:|")
+    for name in [*ENTRIES, "refused train.py"]:
+        now, before = (statistics.median(times[f"{name}: {side}"]) for side in ("now", "before"))
+        print(f"| {name} | {now:.2f} | {before:.2f} | {before / now:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
