@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from jasper.core.losses import DistillLoss
-from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.image_pairs import split_pairs, validate_pairs
+from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.images import ImageCaptionDataModule
 from jasper.data.shapes import SyntheticShapes
 from jasper.models.student import Student

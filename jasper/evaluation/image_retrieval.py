@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jasper.core.metrics import pair_recall
 from jasper.core.tables import ResultRow, markdown_table, write_report
-from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.image_pairs import split_pairs, validate_pairs
+from jasper.data.image_sources import ImageFolderPairs
 from jasper.data.shapes import SyntheticShapes
 from jasper.evaluation.runner import default_out_dir
 from jasper.evaluation.sets import resolve
