@@ -1,6 +1,6 @@
-"""What the entry points do with ``sys.argv`` before Hydra reads it. Kept free of Lightning and torch, so that
+"""What the entry points do with ``sys.argv`` before Hydra reads it. Kept free of Lightning, so that
 ``export.py`` and ``evaluate.py`` start without importing the trainer (seconds per start on 2 cores) and ``train.py``
-refuses a bad override before it imports anything heavy."""
+refuses a bad override before it imports Lightning."""
 
 from __future__ import annotations
 
