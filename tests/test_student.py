@@ -51,6 +51,65 @@ def test_num_layers_keeps_first_layers_of_pretrained(minilm_path):
         assert torch.equal(student.layers[i].output.dense.weight, full.encoder.layer[i].output.dense.weight)
 
 
+@pytest.mark.parametrize(("model", "prefix"), [("tiny_bert", "encoder.layer."), ("tiny_qwen2", "layers.")])
+def test_layers_picks_those_layers_as_a_renumbered_state_dict_would(model, prefix, request):
+    """The reference: the usual layer-reduction recipe, a smaller config loaded with the chosen layers' weights
+    renumbered. Same weights, same hidden states (atol 1e-5)."""
+    from transformers import AutoConfig, AutoModel
+
+    path = request.getfixturevalue(model)
+    chosen = [0, 2, 3]
+    student = Student(path, fc1_dim=8, layers=chosen, max_length=32).eval()
+    full = AutoModel.from_pretrained(path).state_dict()
+    config = AutoConfig.from_pretrained(path, num_hidden_layers=len(chosen))
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[: len(chosen)]
+    renamed = {}
+    for key, value in full.items():
+        if not key.startswith(prefix):
+            renamed[key] = value
+            continue
+        index, rest = key[len(prefix) :].split(".", 1)
+        if int(index) in chosen:
+            renamed[f"{prefix}{chosen.index(int(index))}.{rest}"] = value
+    reference = AutoModel.from_config(config, attn_implementation=student.encoder.config._attn_implementation)
+    reference.load_state_dict(renamed)
+    reference.eval()
+    assert student.encoder.config.num_hidden_layers == 3 and student.describe()["num_layers"] == 3
+    batch = student.tokenize(["a small dog runs", "the definition of a word, in a dictionary"])
+    with torch.no_grad():
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ours = student.encoder(**inputs).last_hidden_state
+        theirs = reference(**inputs).last_hidden_state
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_student_from_chosen_layers_rebuilds_from_its_description_and_weights(tiny_bert):
+    """describe() records only the layer count: the saved weights carry the choice (student.pt, export)."""
+    student = Student(tiny_bert, fc1_dim=8, mrl_dims=[4], layers=[1, 3], max_length=32).eval()
+    rebuilt = Student(**student.describe()).eval()
+    rebuilt.load_state_dict(student.state_dict())
+    batch = student.tokenize(["one text", "and another one"])
+    with torch.no_grad():
+        inputs = (batch["input_ids"], batch["attention_mask"])
+        assert torch.equal(student(*inputs)["fc1"], rebuilt(*inputs)["fc1"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layers": [2, 0]}, r"increasing order"),
+        ({"layers": [0, 0]}, r"each once"),
+        ({"layers": [0, 4]}, r"0\.\.3"),
+        ({"layers": []}, r"model\.layers=\[\]"),
+        ({"layers": [0, 2], "num_layers": 3}, r"set model\.num_layers=2"),
+    ],
+)
+def test_bad_layer_choice_fails_early(tiny_bert, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Student(tiny_bert, fc1_dim=8, **kwargs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -55,9 +55,10 @@ def test_bad_teacher_weights_are_refused_naming_the_teacher(tiny_bert, weights, 
         TeacherEnsemble([a, b], weights=weights)
 
 
-def test_student_init_as_teacher_equals_the_students_pooled_state(minilm_path):
-    teacher = HuggingFaceTeacher(minilm_path, num_layers=3, pooling="mean", max_length=128)
-    student = Student(minilm_path, fc1_dim=8, num_layers=3, max_length=128).eval()
+@pytest.mark.parametrize("layers", [{"num_layers": 3}, {"layers": [0, 2, 5]}])
+def test_student_init_as_teacher_equals_the_students_pooled_state(minilm_path, layers):
+    teacher = HuggingFaceTeacher(minilm_path, pooling="mean", max_length=128, **layers)
+    student = Student(minilm_path, fc1_dim=8, max_length=128, **layers).eval()
     batch = student.tokenize(TEXTS)
     with torch.no_grad():
         pooled = F.normalize(student.pooled(batch["input_ids"], batch["attention_mask"]), dim=-1)

@@ -90,21 +90,59 @@ def check_attn_implementation(attn_implementation: str | None) -> None:
         )
 
 
-def _keep_layers(config, num_layers: int | None, source: str):
-    """``config`` cut to its first ``num_layers`` layers (``None``: all of them)."""
-    if num_layers is None:
-        return config
-    total = config.num_hidden_layers
-    if not 1 <= num_layers <= total:
+def chosen_layers(
+    num_layers: int | None, layers: Sequence[int] | None, total: int, source: str
+) -> list[int] | None:
+    """The indices of the layers a model keeps: ``layers`` as given, else the first ``num_layers``; ``None``: all."""
+    if layers is None:
+        if num_layers is None:
+            return None
+        if not 1 <= num_layers <= total:
+            raise ValueError(
+                f"model.num_layers={num_layers} but {source} has {total} layers: choose 1..{total}, "
+                "or null to keep them all"
+            )
+        return list(range(num_layers))
+    chosen = [int(i) for i in layers]
+    if not chosen or any(not 0 <= i < total for i in chosen) or chosen != sorted(set(chosen)):
         raise ValueError(
-            f"model.num_layers={num_layers} but {source} has {total} layers: choose 1..{total}, "
-            "or null to keep them all"
+            f"model.layers={chosen} must name layers of {source} in increasing order, each once, from 0..{total - 1} "
+            "(e.g. [0, 2, 5]); or set it to null to keep the first model.num_layers"
         )
-    config.num_hidden_layers = num_layers
+    if num_layers is not None and num_layers != len(chosen):
+        raise ValueError(
+            f"model.num_layers={num_layers} but model.layers={chosen} names {len(chosen)}: "
+            f"set model.num_layers={len(chosen)} (or null)"
+        )
+    return chosen
+
+
+def _cut_config(config, count: int):
+    """``config`` cut to its first ``count`` layers (the weights beyond are then not loaded)."""
+    config.num_hidden_layers = count
     # Decoder configs (Qwen2, ...) carry one entry per layer; it must shrink with the layer count.
     if getattr(config, "layer_types", None) is not None:
-        config.layer_types = list(config.layer_types)[:num_layers]
+        config.layer_types = list(config.layer_types)[:count]
     return config
+
+
+def _keep_only(model: nn.Module, layers: list[int]) -> nn.Module:
+    """``model`` (holding layers ``0..max(layers)``) reduced to ``layers``, renumbered ``0..len(layers) - 1``."""
+    if layers == list(range(len(layers))):
+        return model
+    stack = encoder_layers(model)
+    parent_name, _, attribute = next(n for n, m in model.named_modules() if m is stack).rpartition(".")
+    kept = nn.ModuleList([stack[i] for i in layers])
+    for index, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):  # the key/value cache and per-layer attention types index by it
+                module.layer_idx = index
+    setattr(model.get_submodule(parent_name), attribute, kept)
+    config = model.config
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [config.layer_types[i] for i in layers]
+    config.num_hidden_layers = len(layers)
+    return model
 
 
 def load_encoder(
@@ -113,8 +151,10 @@ def load_encoder(
     revision: str | None = None,
     encoder_config: Mapping | None = None,
     attn_implementation: str | None = None,
+    layers: Sequence[int] | None = None,
 ) -> nn.Module:
-    """``AutoModel`` keeping only the first ``num_layers`` layers (a small student initialised from a bigger model).
+    """``AutoModel`` keeping only some of its layers (a small student initialised from a bigger model): ``layers``
+    names them (``[0, 2, 5]``: the 1st, 3rd and 6th, in that order), else the first ``num_layers`` are kept.
 
     ``encoder_config`` (a transformers config as a mapping with its ``model_type``) instead of a model path builds
     the encoder from the config alone, with random weights: nothing is read or downloaded. The encoder runs as an
@@ -132,7 +172,9 @@ def load_encoder(
         if "model_type" not in fields:
             raise ValueError("model.encoder_config needs a model_type (e.g. qwen2, bert)")
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        config = _keep_layers(config, num_layers, "model.encoder_config")
+        kept = chosen_layers(num_layers, layers, config.num_hidden_layers, "model.encoder_config")
+        if kept is not None:
+            config = _cut_config(config, len(kept))
         config.use_cache = False
         return AutoModel.from_config(config, **attention)
     if model_name_or_path is None:
@@ -142,18 +184,18 @@ def load_encoder(
     check_model_path(model_name_or_path)
     config = AutoConfig.from_pretrained(model_name_or_path, revision=revision)
     config.use_cache = False
-    if num_layers is not None:
-        config = _keep_layers(config, num_layers, model_name_or_path)
-        # Layers beyond num_layers are simply not loaded: silence transformers' report of them as unused weights.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            return AutoModel.from_pretrained(
-                model_name_or_path, config=config, revision=revision, **attention
-            )
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
+    kept = chosen_layers(num_layers, layers, config.num_hidden_layers, model_name_or_path)
+    if kept is None:
+        return AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
+    config = _cut_config(config, max(kept) + 1)
+    # Layers beyond the last kept one are simply not loaded: silence transformers' report of them as unused weights.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(model_name_or_path, config=config, revision=revision, **attention)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return _keep_only(model, kept)
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:

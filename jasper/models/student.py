@@ -53,6 +53,9 @@ class Student(nn.Module):
     ``gradient_checkpointing`` recomputes each layer's activations in the backward pass (less memory, about a
     third more compute); ``attn_implementation``: ``sdpa`` (the configs' default), ``eager``, ``flash_attention_2``,
     or ``None`` for transformers' own choice (sdpa where the architecture has it).
+
+    ``num_layers`` keeps the model's first N layers; ``layers`` picks them instead (``[0, 2, 5]``). Either way the
+    student's weights carry the choice once trained, so ``describe`` records only how many it runs.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Student(nn.Module):
         tokenizer: str | None = None,
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         mrl_dims = [int(d) for d in mrl_dims]
@@ -82,7 +86,7 @@ class Student(nn.Module):
         self.max_length = max_length
         self.prompt = prompt
         self.encoder = load_encoder(
-            model_name_or_path, num_layers, revision, self.encoder_config, attn_implementation
+            model_name_or_path, num_layers, revision, self.encoder_config, attn_implementation, layers
         )
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.encoder)

@@ -150,8 +150,8 @@ class SentenceTransformerTeacher(LazyTeacher):
 class HuggingFaceTeacher(LazyTeacher):
     """A plain ``AutoModel`` with its own pooling (mean / cls / last token), prompt and max length.
 
-    ``num_layers`` keeps the first N layers, so the student's own initialisation can be one of its teachers
-    (unset: every layer, read from ``config.json``).
+    ``num_layers`` keeps the first N layers, or ``layers`` those it names, as the student's ``model.num_layers`` and
+    ``model.layers`` do, so the student's own initialisation can be one of its teachers (unset: every layer).
     """
 
     def __init__(
@@ -168,6 +168,7 @@ class HuggingFaceTeacher(LazyTeacher):
         dim: int | None = None,
         prompts: Mapping[str, str] | None = None,
         role: str = "document",
+        layers: Sequence[int] | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"teacher pooling={pooling!r} is not one of {POOLINGS}")
@@ -175,10 +176,12 @@ class HuggingFaceTeacher(LazyTeacher):
         self.pooling = pooling
         self.max_length = max_length  # the tokenizer truncates here: the truncation length is this, exactly
         self.configured_layers = num_layers
+        self.layers = None if layers is None else [int(i) for i in layers]
 
     @cached_property
-    def num_layers(self) -> int | None:
-        return self.configured_layers or config_value(self.folder, "num_hidden_layers")
+    def num_layers(self) -> int | list[int] | None:
+        """What its cache records: the layer count, or the chosen layers' indices."""
+        return self.layers or self.configured_layers or config_value(self.folder, "num_hidden_layers")
 
     def described_dim(self) -> int | None:
         return config_value(self.folder, "hidden_size")
@@ -191,7 +194,9 @@ class HuggingFaceTeacher(LazyTeacher):
         return tokenizer
 
     def load(self):
-        model = load_encoder(self.model_name_or_path, self.configured_layers, self.revision).to(self.device)
+        model = load_encoder(
+            self.model_name_or_path, self.configured_layers, self.revision, layers=self.layers
+        ).to(self.device)
         if self.dtype:
             model.to(getattr(torch, self.dtype))
         return model.eval()

@@ -22,12 +22,20 @@ def sweep_subdir(overrides: str, stage: int) -> str:
     return readable_subdir(overrides, stage)
 
 
+def kept_layers(num_layers, layers) -> str:
+    """How a cut model's name shows the layers it keeps: ``[:3]`` (the first 3), ``[0,2,5]`` (those), ``""`` (all)."""
+    if layers is not None:
+        return "[" + ",".join(str(i) for i in layers) + "]"
+    return "" if num_layers is None else f"[:{num_layers}]"
+
+
 def register_resolvers() -> None:
     for name, function in [
         ("packaged_minilm", packaged_minilm),
         ("packaged_mpnet", packaged_mpnet),
         ("wandb_offline", wandb_offline),
         ("sweep_subdir", sweep_subdir),
+        ("kept_layers", kept_layers),
     ]:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
