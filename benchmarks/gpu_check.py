@@ -239,7 +239,7 @@ def build_run(cfg, texts: list[str], cuda: bool):
     from omegaconf import OmegaConf
 
     from jasper.models.ensemble import TeacherEnsemble
-    from jasper.training.run import check_accelerator
+    from jasper.training.preflight import check_accelerator
 
     check_accelerator(cfg)
     torch.manual_seed(cfg.seed)
@@ -259,7 +259,7 @@ def text_datamodule(cfg, texts: list[str], teachers, tokenize):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from jasper.training.assembly import stage_settings
+    from jasper.training.preflight import stage_settings
 
     data = cfg.data.copy()
     with open_dict(data):
@@ -581,7 +581,7 @@ def phase_checkpoint(out: Path, work: Path, settings: dict, tokenizer: str, cuda
     import torch
     from hydra.utils import instantiate
 
-    from jasper.training.run import validate
+    from jasper.training.preflight import validate
 
     texts = json.loads((work / "texts.json").read_text())
     folder = work / "checkpoint"

@@ -5,7 +5,9 @@ Each row runs a fresh interpreter in the repository, alternating the two sides, 
 - `import <entry>`: the entry point's module as it is now (export.py and evaluate.py never import Lightning; train.py
   imports it once its command line has passed);
 - `import <entry>, jasper.training.run`: the same plus what it used to import first;
-- `train.py <refused override>`: a command train.py refuses (a `stage_settings` override), end to end.
+- `train.py <refused override>`: a command train.py refuses (a `stage_settings` override), end to end;
+- `train.py <refused config>`: a config refused once composed (`stages.stage2.steps=0`, by
+  `jasper.training.preflight.validate`), end to end: before, train.py imported Lightning before validating.
 
     OMP_NUM_THREADS=1 python benchmarks/startup_bench.py [--rounds 5]
 
@@ -29,7 +31,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRIES = ("export", "evaluate", "train")
-REFUSED = ["train.py", "stage_settings.steps=5"]  # refused by check_overrides, before Hydra composes
+# A refused override (by check_overrides, before Hydra composes) and a refused config (by validate, composed).
+REFUSED = {
+    "refused override": ["train.py", "stage_settings.steps=5"],
+    "refused config": ["train.py", "stage=2", "stages.stage2.steps=0", "run_name=startup_bench"],
+}
 
 
 def seconds(args: list[str], expect: int = 0) -> float:
@@ -52,20 +58,21 @@ def main() -> None:
             times.setdefault(f"{entry}: before", []).append(
                 seconds(["-c", f"import {entry}, jasper.training.run"])
             )
-        times.setdefault("refused train.py: now", []).append(seconds(REFUSED, expect=1))
-        times.setdefault("refused train.py: before", []).append(
-            seconds(
-                [
-                    "-c",
-                    "import jasper.training.run, runpy, sys; sys.argv = " + repr(REFUSED) + "; "
-                    "runpy.run_path('train.py', run_name='__main__')",
-                ],
-                expect=1,
+        for name, command in REFUSED.items():
+            times.setdefault(f"{name}: now", []).append(seconds(command, expect=1))
+            times.setdefault(f"{name}: before", []).append(
+                seconds(
+                    [
+                        "-c",
+                        "import jasper.training.run, runpy, sys; sys.argv = " + repr(command) + "; "
+                        "runpy.run_path('train.py', run_name='__main__')",
+                    ],
+                    expect=1,
+                )
             )
-        )
     print(f"| start-up ({rounds} rounds, median) | now (s) | before (s) | before / now |")
     print("|---|---:|---:|---:|")
-    for name in [*ENTRIES, "refused train.py"]:
+    for name in [*ENTRIES, *REFUSED]:
         now, before = (statistics.median(times[f"{name}: {side}"]) for side in ("now", "before"))
         print(f"| {name} | {now:.2f} | {before:.2f} | {before / now:.2f} |")
 

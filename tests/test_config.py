@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.models.packaged import MPNET, packaged_model
-from jasper.training.assembly import stage_settings
+from jasper.training.preflight import stage_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["model", "teachers", "data", "loss", "trainer", "logger", "experiment", "debug", "hparams_search"]
@@ -184,7 +184,7 @@ def test_gpu_trainers_without_cuda_name_trainer_cpu(trainer, monkeypatch):
     import torch
 
     from jasper.training.command_line import RunRefused
-    from jasper.training.run import check_accelerator, validate
+    from jasper.training.preflight import check_accelerator, validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_train([f"trainer={trainer}"])

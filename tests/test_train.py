@@ -18,7 +18,8 @@ import jasper.training.resolvers  # noqa: F401  (resolvers)
 from jasper.storage.checkpoints import newest_checkpoint
 from jasper.training.callbacks import StageCheckpoint, StageProgressBar
 from jasper.training.command_line import RunRefused, check_overrides
-from jasper.training.run import remove_unused_run_folder, run, stage_loss, validate
+from jasper.training.preflight import remove_unused_run_folder, validate
+from jasper.training.run import run, stage_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,15 +212,15 @@ def test_an_override_of_the_stage_settings_view_is_refused_naming_the_key():
     check_overrides(["-m", "stage=1,2", "stages.stage2.steps=5"])  # the key itself passes
 
 
-def train_py(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` offline, its exit status and output (not checked here)."""
+def train_py(*args: str, cwd: Path = REPO, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python [FLAGS] train.py ARGS`` offline, its exit status and output (not checked here)."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    command = [sys.executable, str(REPO / "train.py"), *args]
+    command = [sys.executable, *flags, str(REPO / "train.py"), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -279,6 +280,22 @@ def test_a_stage_that_cannot_train_fails_naming_both_numbers(tmp_path, caplog):
         "own; give it 1 or more steps (0 steps suits only a stage whose module solves FC1 in closed form: "
         "stages.stage1.module.closed_form)"
     ]
+    assert not (tmp_path / "run" / "stage2").exists()
+
+
+def test_train_py_refuses_a_config_it_cannot_run_before_it_imports_lightning(tmp_path):
+    """validate() runs before the trainer is imported (Lightning costs ~3.5 s a start on 2 cores): python -X
+    importtime lists every module the refused run imported."""
+    result = train_py(*tiny_run(tmp_path, "stage=2", "stages.stage2.steps=0"), flags=("-X", "importtime"))
+    assert result.returncode == 1
+    assert "error: stages.stage2.steps=0: stage 2 would train nothing" in result.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "torch" in imported  # the check sees the imports
+    assert not imported & {"lightning", "torchmetrics", "pytorch_lightning"}
     assert not (tmp_path / "run" / "stage2").exists()
 
 

@@ -14,20 +14,8 @@ from omegaconf import DictConfig
 from jasper.models.ensemble import TeacherEnsemble
 from jasper.models.student import Student
 from jasper.models.vision import VisionTower, load_vision_weights
-from jasper.storage.checkpoints import load_student_weights, resolve_init_from, stage_folder, stage_number
-
-
-def _check_stage(cfg: DictConfig) -> None:
-    available = sorted(stage_number(key) for key in cfg.stages)
-    if cfg.stage not in available:
-        raise ValueError(f"unknown stage={cfg.stage!r}: choose one of {available} (python train.py stage=2)")
-
-
-def stage_settings(cfg: DictConfig) -> DictConfig:
-    """The running stage's settings, ``stages.stage<stage>``: the one place Python reads them; everything else
-    receives what it needs from them (``stage_settings`` in the YAML is a view for interpolations)."""
-    _check_stage(cfg)
-    return cfg.stages[stage_folder(cfg.stage)]
+from jasper.storage.checkpoints import load_student_weights, resolve_init_from
+from jasper.training.preflight import stage_settings
 
 
 def stage_data(cfg: DictConfig, settings: DictConfig) -> DictConfig:
