@@ -84,15 +84,19 @@ def test_layers_picks_those_layers_as_a_renumbered_state_dict_would(model, prefi
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_a_student_from_chosen_layers_rebuilds_from_its_description_and_weights(tiny_bert):
-    """describe() records only the layer count: the saved weights carry the choice (student.pt, export)."""
+def test_a_student_from_chosen_layers_rebuilds_from_its_description(tiny_bert):
+    """describe() records the choice: a rebuilt student (the evaluation's fresh init) starts from the same layers,
+    and with the saved weights loaded it is the same student."""
     student = Student(tiny_bert, fc1_dim=8, mrl_dims=[4], layers=[1, 3], max_length=32).eval()
-    rebuilt = Student(**student.describe()).eval()
-    rebuilt.load_state_dict(student.state_dict())
+    assert (student.describe()["num_layers"], student.describe()["layers"]) == (2, [1, 3])
+    fresh = Student(**student.describe()).eval()
+    assert torch.equal(fresh.encoder.encoder.layer[1].output.dense.weight, student.layers[1].output.dense.weight)
+    fresh.load_state_dict(student.state_dict())
     batch = student.tokenize(["one text", "and another one"])
     with torch.no_grad():
         inputs = (batch["input_ids"], batch["attention_mask"])
-        assert torch.equal(student(*inputs)["fc1"], rebuilt(*inputs)["fc1"])
+        assert torch.equal(student(*inputs)["fc1"], fresh(*inputs)["fc1"])
+    assert "layers" not in Student(tiny_bert, fc1_dim=8, num_layers=2).describe()  # older checkpoints' shape
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,7 @@ def test_a_student_from_chosen_layers_rebuilds_from_its_description_and_weights(
         ({"layers": [0, 0]}, r"each once"),
         ({"layers": [0, 4]}, r"0\.\.3"),
         ({"layers": []}, r"model\.layers=\[\]"),
-        ({"layers": [0, 2], "num_layers": 3}, r"set model\.num_layers=2"),
+        ({"layers": [0, 2], "num_layers": 3}, r"set model\.layers=null to keep the first 3, or model\.num_layers=2"),
     ],
 )
 def test_bad_layer_choice_fails_early(tiny_bert, kwargs, message):

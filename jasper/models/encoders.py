@@ -111,8 +111,8 @@ def chosen_layers(
         )
     if num_layers is not None and num_layers != len(chosen):
         raise ValueError(
-            f"model.num_layers={num_layers} but model.layers={chosen} names {len(chosen)}: "
-            f"set model.num_layers={len(chosen)} (or null)"
+            f"model.num_layers={num_layers} but model.layers={chosen} names {len(chosen)}: set model.layers=null "
+            f"to keep the first {num_layers}, or model.num_layers={len(chosen)} (or null) to keep those"
         )
     return chosen
 

@@ -33,6 +33,7 @@ STUDENT_KEYS = (
     "mrl_dims",
     "mrl_mode",
     "num_layers",
+    "layers",
     "max_length",
     "prompt",
     "encoder_config",
@@ -54,8 +55,8 @@ class Student(nn.Module):
     third more compute); ``attn_implementation``: ``sdpa`` (the configs' default), ``eager``, ``flash_attention_2``,
     or ``None`` for transformers' own choice (sdpa where the architecture has it).
 
-    ``num_layers`` keeps the model's first N layers; ``layers`` picks them instead (``[0, 2, 5]``). Either way the
-    student's weights carry the choice once trained, so ``describe`` records only how many it runs.
+    ``num_layers`` keeps the model's first N layers; ``layers`` picks them instead (``[0, 2, 5]``), and ``describe``
+    records the choice, so a fresh init rebuilt from a checkpoint (the evaluation's init row) starts where it did.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class Student(nn.Module):
         self.mrl_mode = mrl_mode
         self.max_length = max_length
         self.prompt = prompt
+        self.layer_choice = None if layers is None else [int(i) for i in layers]
         self.encoder = load_encoder(
             model_name_or_path, num_layers, revision, self.encoder_config, attn_implementation, layers
         )
@@ -204,6 +206,7 @@ class Student(nn.Module):
             "mrl_dims": list(self.mrl_dims),
             "mrl_mode": self.mrl_mode,
             "num_layers": self.encoder.config.num_hidden_layers,
+            **({"layers": self.layer_choice} if self.layer_choice is not None else {}),
             "max_length": self.max_length,
             "prompt": self.prompt,
             **({"encoder_config": self.encoder_config} if self.encoder_config is not None else {}),
