@@ -353,6 +353,12 @@ VARIANTS: dict[str, Variant] = {
         )
         for layers in [(0, 2, 4), (1, 3, 5), (0, 2, 5), (0, 3, 5)]
     },
+    "r6_025_s3_heads_only": Variant(
+        "the student from layers [0, 2, 5], stage 3 training the heads alone (FC1 stays stage 2's)",
+        [*DEFAULT, *DEFAULT_S2_S3, "model.layers=[0,2,5]", "stages.stage3.module.keep_fc1_loss=false"],
+        stages=(3,),
+        start="r6_layers_025",
+    ),
 }
 
 

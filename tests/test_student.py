@@ -90,7 +90,9 @@ def test_a_student_from_chosen_layers_rebuilds_from_its_description(tiny_bert):
     student = Student(tiny_bert, fc1_dim=8, mrl_dims=[4], layers=[1, 3], max_length=32).eval()
     assert (student.describe()["num_layers"], student.describe()["layers"]) == (2, [1, 3])
     fresh = Student(**student.describe()).eval()
-    assert torch.equal(fresh.encoder.encoder.layer[1].output.dense.weight, student.layers[1].output.dense.weight)
+    assert torch.equal(
+        fresh.encoder.encoder.layer[1].output.dense.weight, student.layers[1].output.dense.weight
+    )
     fresh.load_state_dict(student.state_dict())
     batch = student.tokenize(["one text", "and another one"])
     with torch.no_grad():
@@ -106,7 +108,10 @@ def test_a_student_from_chosen_layers_rebuilds_from_its_description(tiny_bert):
         ({"layers": [0, 0]}, r"each once"),
         ({"layers": [0, 4]}, r"0\.\.3"),
         ({"layers": []}, r"model\.layers=\[\]"),
-        ({"layers": [0, 2], "num_layers": 3}, r"set model\.layers=null to keep the first 3, or model\.num_layers=2"),
+        (
+            {"layers": [0, 2], "num_layers": 3},
+            r"set model\.layers=null to keep the first 3, or model\.num_layers=2",
+        ),
     ],
 )
 def test_bad_layer_choice_fails_early(tiny_bert, kwargs, message):
