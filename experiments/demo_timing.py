@@ -25,20 +25,11 @@ from recipe_ablations import env  # make demo's offline environment (experiments
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "demo_timing.json"
 
-# The overrides that turn today's embedded default (conf/experiment/embedded.yaml) back into the previous one:
-# stage 2 300 steps, stage 3 training the whole student (experiments/recipe_ablations.md, round 4).
+# The overrides that turn today's embedded default (conf/experiment/embedded.yaml) back into the previous one: the
+# student from the first 3 layers, stage 3 training FC1 with the heads (experiments/recipe_ablations.md, round 6).
 RECIPES = {
     "current": [],
-    "previous": [
-        "stages.stage2.steps=300",
-        "stages.stage2.val_every=100",
-        "stages.stage2.checkpoint_every=100",
-        "stages.stage3.module.train_encoder=true",
-        "stages.stage3.feature_cache=false",
-        "stages.stage3.steps=150",
-        "stages.stage3.val_every=50",
-        "stages.stage3.checkpoint_every=50",
-    ],
+    "previous": ["model.layers=null", "stages.stage3.module.keep_fc1_loss=true"],
 }
 
 

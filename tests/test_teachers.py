@@ -145,6 +145,7 @@ def test_a_complete_cache_trains_without_loading_any_teacher(tiny_bert, corpus_f
         f"paths.output_dir={tmp_path / 'stage1'}",
         f"model.model_name_or_path={tiny_bert}",
         "model.num_layers=2",
+        "model.layers=null",
         "model.mrl_dims=[16]",
         "model.max_length=32",
         "debug=fast",

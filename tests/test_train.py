@@ -289,6 +289,19 @@ def test_train_py_refuses_a_config_it_cannot_run_before_it_imports_lightning(tmp
     result = train_py(*tiny_run(tmp_path, "stage=2", "stages.stage2.steps=0"), flags=("-X", "importtime"))
     assert result.returncode == 1
     assert "error: stages.stage2.steps=0: stage 2 would train nothing" in result.stderr
+    assert_no_lightning(result)
+    # the default student names its layers: a layer count alone disagrees with them, and the message says what to do
+    result = train_py(*tiny_run(tmp_path, "model.num_layers=2"), flags=("-X", "importtime"))
+    assert result.returncode == 1
+    assert (
+        "error: model.num_layers=2 but model.layers=[0, 2, 5] names 3: set model.layers=null to keep the first 2"
+        in result.stderr
+    )
+    assert_no_lightning(result)
+    assert not (tmp_path / "run" / "stage1").exists()
+
+
+def assert_no_lightning(result: subprocess.CompletedProcess) -> None:
     imported = {
         line.rsplit("|", 1)[-1].strip().split(".")[0]
         for line in result.stderr.splitlines()
@@ -296,7 +309,6 @@ def test_train_py_refuses_a_config_it_cannot_run_before_it_imports_lightning(tmp
     }
     assert "torch" in imported  # the check sees the imports
     assert not imported & {"lightning", "torchmetrics", "pytorch_lightning"}
-    assert not (tmp_path / "run" / "stage2").exists()
 
 
 def test_zero_steps_are_refused_before_anything_loads_unless_a_closed_form_runs(tmp_path):

@@ -109,12 +109,18 @@ def chosen_layers(
             f"model.layers={chosen} must name layers of {source} in increasing order, each once, from 0..{total - 1} "
             "(e.g. [0, 2, 5]); or set it to null to keep the first model.num_layers"
         )
-    if num_layers is not None and num_layers != len(chosen):
+    check_layer_count(num_layers, chosen)
+    return chosen
+
+
+def check_layer_count(num_layers: int | None, layers: Sequence[int] | None) -> None:
+    """``model.num_layers`` and ``model.layers`` must agree when both are set (checked from the config alone)."""
+    if num_layers is not None and layers is not None and num_layers != len(layers):
+        chosen = [int(i) for i in layers]
         raise ValueError(
             f"model.num_layers={num_layers} but model.layers={chosen} names {len(chosen)}: set model.layers=null "
             f"to keep the first {num_layers}, or model.num_layers={len(chosen)} (or null) to keep those"
         )
-    return chosen
 
 
 def _cut_config(config, count: int):

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from jasper.core.disk import check_name
+from jasper.models.encoders import check_layer_count
 from jasper.storage.checkpoints import resolve_ckpt_path, stage_folder, stage_number
 from jasper.training.command_line import RunRefused
 
@@ -67,6 +68,7 @@ def validate(cfg: DictConfig) -> str | None:
         check_accelerator(cfg)
         check_steps(cfg)  # and an unknown stage
         check_name(cfg.run_name, "run_name", subfolders=True)
+        check_layer_count(cfg.model.get("num_layers"), cfg.model.get("layers"))
         return resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir) / "checkpoints")
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         raise RunRefused(str(error)) from None
