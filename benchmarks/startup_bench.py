@@ -18,6 +18,9 @@ Measured 2026-12-04, 3 rounds, idle cores (seconds, now / before): export 4.60 /
 (import) 3.37 / 7.08, a refused train.py command 3.68 / 7.02: 1.8-2.1x faster starts, ~3.5-4 s saved per process.
 `make test` with it: 617 passed, 10 skipped in 8:05 on three workers (8:49-8:50 the session before, on a machine
 whose speed varies by ~15% between sessions, so the suite's share of the gain is not isolated).
+Again 2026-12-04 with the refused-config row (train.py validating before Lightning loads), 3 rounds, idle cores:
+export 4.04 / 6.97, evaluate 4.15 / 6.92, train 3.18 / 7.23, refused override 3.38 / 7.13, refused config
+3.72 / 7.42 (2.0x).
 """
 
 from __future__ import annotations
