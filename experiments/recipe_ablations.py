@@ -356,6 +356,22 @@ VARIANTS: dict[str, Variant] = {
         )
         for layers in [(0, 2, 4), (1, 3, 5), (0, 2, 5), (0, 3, 5)]
     },
+    # Round 7: the stage-2 lr again, now that the student starts far closer (layers [0, 2, 5], the default's).
+    **{
+        f"r7_s2_lr_{lr}": Variant(
+            f"the embedded default (layers [0, 2, 5], stage 3 heads alone), stage 2 at lr {lr}",
+            [
+                *DEFAULT,
+                *DEFAULT_S2_S3,
+                "model.layers=[0,2,5]",
+                "stages.stage3.module.keep_fc1_loss=false",
+                f"stages.stage2.module.optimizer.lr={lr}",
+            ],
+            stages=(2, 3),
+            start="r6_layers_025",
+        )
+        for lr in ("2.5e-4", "5e-4", "2e-3")
+    },
     "r6_025_s3_heads_only": Variant(
         "the student from layers [0, 2, 5], stage 3 training the heads alone (FC1 stays stage 2's)",
         [*DEFAULT, *DEFAULT_S2_S3, "model.layers=[0,2,5]", "stages.stage3.module.keep_fc1_loss=false"],
