@@ -176,12 +176,12 @@ class HuggingFaceTeacher(LazyTeacher):
         self.pooling = pooling
         self.max_length = max_length  # the tokenizer truncates here: the truncation length is this, exactly
         self.configured_layers = num_layers
-        self.layers = None if layers is None else [int(i) for i in layers]
+        self.layer_choice = None if layers is None else [int(i) for i in layers]
 
     @cached_property
     def num_layers(self) -> int | list[int] | None:
         """What its cache records: the layer count, or the chosen layers' indices."""
-        return self.layers or self.configured_layers or config_value(self.folder, "num_hidden_layers")
+        return self.layer_choice or self.configured_layers or config_value(self.folder, "num_hidden_layers")
 
     def described_dim(self) -> int | None:
         return config_value(self.folder, "hidden_size")
@@ -195,7 +195,7 @@ class HuggingFaceTeacher(LazyTeacher):
 
     def load(self):
         model = load_encoder(
-            self.model_name_or_path, self.configured_layers, self.revision, layers=self.layers
+            self.model_name_or_path, self.configured_layers, self.revision, layers=self.layer_choice
         ).to(self.device)
         if self.dtype:
             model.to(getattr(torch, self.dtype))
