@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from jasper.data.augment import augment, chunk_sentences, split_sentences
+from jasper.data.augment import add_edits, augment, chunk_sentences, edit_words, split_sentences
 from jasper.data.datamodule import TextDistillDataModule, clean_rows, split_held_out
 from jasper.data.files import LocalFiles, RejectedRow
 from jasper.data.sources import TextFiles
@@ -49,6 +49,63 @@ def test_augment_is_seeded_and_shares_are_close_to_config():
 def test_augment_rejects_bad_shares():
     with pytest.raises(ValueError, match="chunk_share"):
         augment(["a"], chunk_share=1.5)
+    with pytest.raises(ValueError, match="edit_share"):
+        augment(["a"], edit_share=-0.1)
+
+
+def one_edit_apart(original: list[str], edited: list[str]) -> str:
+    """Which single edit turns ``original`` into ``edited`` (the reference: word lists compared directly)."""
+    if len(edited) == len(original) - 1 and any(
+        original[:i] + original[i + 1 :] == edited for i in range(len(original))
+    ):
+        return "delete"
+    if len(edited) == len(original) + 1 and "not" in edited:
+        i = edited.index("not")
+        if edited[:i] + edited[i + 1 :] == original:
+            return "negate"
+    if len(edited) == len(original):
+        differ = [i for i, (a, b) in enumerate(zip(original, edited, strict=True)) if a != b]
+        if len(differ) == 2 and differ[1] == differ[0] + 1 and sorted(original) == sorted(edited):
+            return "swap"
+        if len(differ) <= 1:
+            return "substitute"
+    raise AssertionError(f"{edited} is not one edit from {original}")
+
+
+def test_every_edit_is_one_word_away_and_all_kinds_occur():
+    rng = random.Random(0)
+    vocabulary = ["guitar", "dog", "woman"]
+    kinds = set()
+    for i in range(400):
+        text = " ".join(f"w{j}" for j in range(1 + i % 7))
+        kind = one_edit_apart(text.split(), edit_words(text, rng, vocabulary).split())
+        kinds.add(kind)
+    assert kinds == {"delete", "swap", "substitute", "negate"}
+
+
+def test_negation_follows_the_auxiliary():
+    for seed in range(50):
+        edited = edit_words("A man is playing a guitar", random.Random(seed), ["x"])
+        if "not" in edited.split():
+            assert edited == "A man is not playing a guitar"
+
+
+def test_edits_follow_their_text_at_the_configured_share_and_leave_the_rest_alone():
+    texts = [f"sentence number {i} is about a dog" for i in range(3000)]
+    out = add_edits(texts, 0.25, seed=1)
+    assert out == add_edits(texts, 0.25, seed=1)
+    assert len(set(out)) == len(out), "an edit that equals another text is not added twice"
+    # Every original in order; each added text sits right after its original and is one edit from it.
+    originals = [t for t in out if t in set(texts)]
+    assert originals == texts
+    added = [(out[i - 1], t) for i, t in enumerate(out) if t not in set(texts)]
+    for original, edited in added:
+        one_edit_apart(original.split(), edited.split())
+    assert 0.21 < len(added) / len(texts) < 0.29
+    assert add_edits(texts, 0.0, seed=1) == texts
+    # Edits come after chunking and shuffling, which they leave as they were.
+    base = augment(texts, seed=2)
+    assert [t for t in augment(texts, seed=2, edit_share=0.5) if t in set(base)] == base
 
 
 def test_held_out_split_depends_on_text_not_position():
