@@ -32,6 +32,28 @@ def test_encode_matches_single_text_and_keeps_order(model, request):
     assert torch.allclose(together, alone, atol=1e-5)  # padding and batching change nothing
 
 
+@pytest.mark.parametrize("count", [1, 5, 33])
+@pytest.mark.parametrize("mode", ["separate", "prefix"])
+def test_heads_from_one_pooled_encoding_equal_the_plain_forward(tiny_bert, count, mode):
+    """encode_pooled + project_pooled (one encoder pass for every head: report.py) against the forward on all
+    texts at once, each head; random texts of random lengths; atol 1e-5 (batching reorders float sums)."""
+    import random
+
+    rng = random.Random(count)
+    words = "cat dog runs the a quickly over blue sky river stone".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 20))) for _ in range(count)]
+    student = Student(tiny_bert, fc1_dim=32, mrl_dims=[16, 8], mrl_mode=mode).eval()
+    batch = student.tokenize(texts)
+    with torch.no_grad():
+        reference = student(batch["input_ids"], batch["attention_mask"])
+    pooled = student.encode_pooled(texts, batch_size=4)
+    assert pooled.shape == (count, student.fc1.in_features) and pooled.dtype == torch.float32
+    shared = student.project_pooled(pooled)
+    for head in student.head_names:
+        assert torch.allclose(shared[head], reference[head], atol=1e-5)
+        assert torch.allclose(student.encode(texts, head=head, batch_size=3), reference[head], atol=1e-5)
+
+
 def test_prefix_mode_truncates_fc1(tiny_bert):
     student = Student(tiny_bert, fc1_dim=32, mrl_dims=[8], mrl_mode="prefix")
     assert len(student.heads) == 0

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from jasper.core.disk import check_name
 from jasper.core.metrics import teacher_fidelity
 from jasper.core.tables import ResultRow, markdown_table, write_report
+from jasper.evaluation.models import encoder_fingerprint
 from jasper.models.student import FC1, Student
 from jasper.storage.checkpoints import STUDENT_FILE, load_student, stage_students
 from jasper.training.assembly import assemble
@@ -24,14 +25,21 @@ SAME_KEYS = ("seed", "teachers", "data")  # what decides the held-out texts and 
 
 
 def fidelity_row(
-    name: str, student: Student, texts: list[str], teacher: torch.Tensor, batch_size: int
+    name: str,
+    student: Student,
+    texts: list[str],
+    teacher: torch.Tensor,
+    batch_size: int,
+    pooled: torch.Tensor | None = None,
 ) -> ResultRow:
-    """Mean cosine to the teacher on FC1; Spearman of in-batch similarities vs the teacher's, per head."""
+    """Mean cosine to the teacher on FC1; Spearman of in-batch similarities vs the teacher's, per head. ``pooled``:
+    the student's pooled states of ``texts`` when already at hand (:meth:`Student.encode_pooled`)."""
+    if pooled is None:
+        pooled = student.encode_pooled(texts, batch_size)
+    vectors = student.project_pooled(pooled)
     metrics: dict[str, float | None] = {}
     for head in student.head_names:
-        scores = teacher_fidelity(
-            student.encode(texts, head=head, batch_size=batch_size), teacher, batch_size
-        )
+        scores = teacher_fidelity(vectors[head], teacher, batch_size)
         if head == FC1:
             metrics["cos fc1"] = scores["cosine"]
         metrics[f"spearman {head}"] = scores["spearman"]
@@ -93,10 +101,15 @@ def report(cfg: DictConfig) -> str:
     _, texts = parts.datamodule.prepare_texts()  # the teachers encode the held-out texts only
     teacher = parts.teachers.encode(texts)
     batch = parts.settings.batch_size
-    rows = [fidelity_row("init", parts.student, texts, teacher, batch)]
-    for name, path in stages:
-        student, _ = load_student(path)
-        rows.append(fidelity_row(name, student, texts, teacher, batch))
+    # Students with equal encoder weights (stage 1 trains FC1 alone on init's; a frozen-encoder stage 3 keeps
+    # stage 2's) share one encoding of the texts.
+    pooled: dict[str, torch.Tensor] = {}
+    rows = []
+    for name, student in [("init", parts.student), *((n, load_student(p)[0]) for n, p in stages)]:
+        key = encoder_fingerprint(student)
+        if key not in pooled:
+            pooled[key] = student.encode_pooled(texts, batch)
+        rows.append(fidelity_row(name, student, texts, teacher, batch, pooled[key]))
     write_report(rows, run_dir, stem="fidelity")
     table = markdown_table(rows)
     log.info(

@@ -31,7 +31,7 @@ class StudentHeads:
         self.name = name
         self.heads = {h: student.head_dim(h) for h in student.head_names}
         self.pooled_cache = {} if pooled_cache is None else pooled_cache
-        self.key = _fingerprint(student)
+        self.key = encoder_fingerprint(student)
 
     @torch.inference_mode()
     def encode_batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -45,7 +45,7 @@ class StudentHeads:
         return {h: v.cpu() for h, v in self.student.project(pooled).items()}
 
 
-def _fingerprint(student) -> str:
+def encoder_fingerprint(student) -> str:
     """Encoder weights + tokenisation settings: students with equal fingerprints give equal pooled states."""
     return f"{student.model_name_or_path}|{student.max_length}|{student.prompt}|{weights_digest(student.encoder)}"
 

@@ -180,6 +180,14 @@ class Student(nn.Module):
         :class:`jasper.models.vision.MultimodalStudent`)."""
         if head not in self.head_names:
             raise KeyError(f"unknown head {head!r}; this student has {self.head_names}")
+        return self.project_pooled(self.encode_pooled(texts, batch_size, show_progress), [head])[head]
+
+    @torch.inference_mode()
+    def encode_pooled(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
+    ) -> Tensor:
+        """Mean-pooled states ``(N, H)`` (float32, CPU) in the order of ``texts``: every head is
+        :meth:`project_pooled` of them, so scoring several heads encodes the texts once."""
         texts = list(texts)
         was_training = self.training
         self.eval()
@@ -187,13 +195,21 @@ class Student(nn.Module):
 
         def encode_batch(batch_texts: list[str]) -> Tensor:
             batch = self.tokenize(batch_texts).to(device)
-            return self(batch["input_ids"], batch["attention_mask"], heads=[head])[head]
+            return self.pooled(batch["input_ids"], batch["attention_mask"])
 
         show = len(texts) > 10 * batch_size if show_progress is None else show_progress
-        with tqdm(total=len(texts), desc=f"encode ({head})", unit="text", disable=not show) as bar:
-            vectors = encode_sorted(encode_batch, texts, batch_size, self.head_dim(head), bar)
+        with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
+            pooled = encode_sorted(encode_batch, texts, batch_size, self.fc1.in_features, bar)
         self.train(was_training)
-        return vectors
+        return pooled
+
+    @torch.inference_mode()
+    def project_pooled(self, pooled: Tensor, heads: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """:meth:`project` of pooled states kept elsewhere (float32 on the CPU, as :meth:`encode_pooled` gives
+        them), on the student's device and in its dtype; the vectors come back on the CPU."""
+        weight = self.fc1.weight
+        vectors = self.project(pooled.to(weight.device, weight.dtype), heads)
+        return {name: v.cpu() for name, v in vectors.items()}
 
     def head_dim(self, head: str) -> int:
         return self.fc1_dim if head == FC1 else int(head)
