@@ -26,10 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "demo_timing.json"
 
 # The overrides that turn today's embedded default (conf/experiment/embedded.yaml) back into the previous one: the
-# student from the first 3 layers, stage 3 training FC1 with the heads (experiments/recipe_ablations.md, round 6).
+# 3-layer student from layers 0, 2, 5, stage 2 450 steps at lr 1e-3 (experiments/recipe_ablations.md, round 8).
 RECIPES = {
     "current": [],
-    "previous": ["model.layers=null", "stages.stage3.module.keep_fc1_loss=true"],
+    "previous": [
+        "model.num_layers=3",
+        "model.layers=[0,2,5]",
+        "stages.stage2.module.optimizer.lr=1e-3",
+        "stages.stage2.steps=450",
+    ],
 }
 
 

@@ -41,7 +41,9 @@ BASE = [
     "stages.stage3.steps=150",
     "stages.stage3.val_every=50",
     "stages.stage3.checkpoint_every=50",
-    # the student and stage 3 as before round 6 made the default's the layers [0, 2, 5] and heads-only
+    # the student and stage 3 as before round 6 made the default's the layers [0, 2, 5] and heads-only (and round 8
+    # its 4 layers [0, 1, 3, 5])
+    "model.num_layers=3",
     "model.layers=null",
     "stages.stage3.module.keep_fc1_loss=true",
 ]
@@ -73,6 +75,17 @@ DEFAULT_S2_S3 = [
     "stages.stage3.val_every=200",
     "stages.stage3.checkpoint_every=200",
 ]
+
+# Round 6's default (layers [0, 2, 5], stage 3 on the heads alone), round 7's best stage 2 on it (lr 5e-4), and
+# round 8's 4-layer student on that.
+L025_HEADS_ONLY = [
+    *DEFAULT,
+    *DEFAULT_S2_S3,
+    "model.layers=[0,2,5]",
+    "stages.stage3.module.keep_fc1_loss=false",
+]
+R7_BEST = [*L025_HEADS_ONLY, "stages.stage2.module.optimizer.lr=5e-4"]
+FOUR_LAYERS = [*R7_BEST, "model.num_layers=4", "model.layers=[0,1,3,5]"]
 
 MIX_SOURCES = ["gcide", "chitchat", "sharegpt_questions", "sharegpt_passages"]
 
@@ -360,21 +373,40 @@ VARIANTS: dict[str, Variant] = {
     **{
         f"r7_s2_lr_{lr}": Variant(
             f"the embedded default (layers [0, 2, 5], stage 3 heads alone), stage 2 at lr {lr}",
-            [
-                *DEFAULT,
-                *DEFAULT_S2_S3,
-                "model.layers=[0,2,5]",
-                "stages.stage3.module.keep_fc1_loss=false",
-                f"stages.stage2.module.optimizer.lr={lr}",
-            ],
+            [*L025_HEADS_ONLY, f"stages.stage2.module.optimizer.lr={lr}"],
             stages=(2, 3),
             start="r6_layers_025",
         )
         for lr in ("2.5e-4", "5e-4", "2e-3")
     },
+    # Round 8: one-word edits of the training texts (data.augment.edit_share), on top of round 7's stage 2 at 5e-4.
+    **{
+        f"r8_edits_{share}": Variant(
+            f"the embedded default at stage-2 lr 5e-4, {share:.0%} of texts followed by a one-word edit",
+            [*R7_BEST, f"data.augment.edit_share={share}"],
+            stages=(2, 3),
+            start="r6_layers_025",
+        )
+        for share in (0.25, 0.5)
+    },
+    # Round 8: does a fourth layer (capacity) move SICK-R, which no corpus, lr or edit has moved past 0.72?
+    "r8_layers_0135": Variant(
+        "the embedded default at stage-2 lr 5e-4, a 4-layer student from the teacher's layers [0, 1, 3, 5]",
+        FOUR_LAYERS,
+    ),
+    # The fourth layer costs time; fewer stage-2 steps pay for it (the demo may take no longer than before).
+    **{
+        f"r8_l4_s2_{steps}": Variant(
+            f"the 4-layer student [0, 1, 3, 5] at stage-2 lr 5e-4, stage 2 {steps} steps",
+            [*FOUR_LAYERS, f"stages.stage2.steps={steps}"],
+            stages=(2, 3),
+            start="r8_layers_0135",
+        )
+        for steps in (250, 300)
+    },
     "r6_025_s3_heads_only": Variant(
         "the student from layers [0, 2, 5], stage 3 training the heads alone (FC1 stays stage 2's)",
-        [*DEFAULT, *DEFAULT_S2_S3, "model.layers=[0,2,5]", "stages.stage3.module.keep_fc1_loss=false"],
+        L025_HEADS_ONLY,
         stages=(3,),
         start="r6_layers_025",
     ),
@@ -392,10 +424,10 @@ def env() -> dict[str, str]:
     }
 
 
-def train(name: str, variant: Variant) -> list[dict]:
-    """Run the variant's missing stages; return one record per stage (command, wall seconds)."""
+def train(name: str, variant: Variant, last: int = 3) -> list[dict]:
+    """Run the variant's missing stages up to ``last``; return one record per stage (command, wall seconds)."""
     records = []
-    for stage in variant.stages:
+    for stage in (k for k in variant.stages if k <= last):
         out = RUNS / name / f"stage{stage}"
         command = [
             sys.executable,
@@ -521,8 +553,8 @@ def main() -> None:
             if name in results:
                 continue
             variant = VARIANTS[name]
-            if variant.start:
-                train(variant.start, VARIANTS[variant.start])
+            if variant.start:  # only the stages this variant starts from (their scores are in the results)
+                train(variant.start, VARIANTS[variant.start], last=variant.stages[0] - 1)
             runs = train(name, variant)
             students = {f"stage{k}": RUNS / name / f"stage{k}" / "student.pt" for k in variant.stages}
             scores = evaluate(students)

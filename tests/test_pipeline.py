@@ -49,13 +49,15 @@ def small_run(run_dir: Path, corpus_file: str, cache: Path, steps: int = 30, bat
         "model.max_length=64",
         "model.mrl_dims=[128,32]",
         "logger=csv",
-        # the paper's stage 3 (the whole student trains, FC1 keeps its loss) and the first 3 layers, as the margins
-        # below were measured; the embedded default's frozen-encoder stage 3 and its layers [0, 2, 5] run in
-        # tests/test_readme.py and tests/test_cache.py
+        # the paper's stage 3 (the whole student trains, FC1 keeps its loss), the first 3 layers and stage 2 at lr
+        # 1e-3, as the margins below were measured; the embedded default's frozen-encoder stage 3, its layers
+        # [0, 1, 3, 5] and its lr run in tests/test_readme.py and tests/test_cache.py
         "stages.stage3.module.train_encoder=true",
         "stages.stage3.module.keep_fc1_loss=true",
         "stages.stage3.feature_cache=false",
+        "model.num_layers=3",
         "model.layers=null",
+        "stages.stage2.module.optimizer.lr=1e-3",
     ]
 
 

@@ -294,7 +294,7 @@ def test_train_py_refuses_a_config_it_cannot_run_before_it_imports_lightning(tmp
     result = train_py(*tiny_run(tmp_path, "model.num_layers=2"), flags=("-X", "importtime"))
     assert result.returncode == 1
     assert (
-        "error: model.num_layers=2 but model.layers=[0, 2, 5] names 3: set model.layers=null to keep the first 2"
+        "error: model.num_layers=2 but model.layers=[0, 1, 3, 5] names 4: set model.layers=null to keep the first 2"
         in result.stderr
     )
     assert_no_lightning(result)
