@@ -404,6 +404,11 @@ VARIANTS: dict[str, Variant] = {
         )
         for steps in (250, 300)
     },
+    # The new mix again, on the 4-layer default: does the deeper student keep SICK-R with the passages in?
+    "r8_l4_mix_7003": Variant(
+        "the 4-layer default (stage 2 300 steps) on english_mix 70/0/0/30 (GCIDE + passages)",
+        [*FOUR_LAYERS, "stages.stage2.steps=300", *mix(7, 0, 0, 3)],
+    ),
     "r6_025_s3_heads_only": Variant(
         "the student from layers [0, 2, 5], stage 3 training the heads alone (FC1 stays stage 2's)",
         L025_HEADS_ONLY,
