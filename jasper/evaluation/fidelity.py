@@ -6,6 +6,7 @@ is the same score against any model on any text file)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -25,17 +26,10 @@ SAME_KEYS = ("seed", "teachers", "data")  # what decides the held-out texts and 
 
 
 def fidelity_row(
-    name: str,
-    student: Student,
-    texts: list[str],
-    teacher: torch.Tensor,
-    batch_size: int,
-    pooled: torch.Tensor | None = None,
+    name: str, student: Student, pooled: torch.Tensor, teacher: torch.Tensor, batch_size: int
 ) -> ResultRow:
-    """Mean cosine to the teacher on FC1; Spearman of in-batch similarities vs the teacher's, per head. ``pooled``:
-    the student's pooled states of ``texts`` when already at hand (:meth:`Student.encode_pooled`)."""
-    if pooled is None:
-        pooled = student.encode_pooled(texts, batch_size)
+    """Mean cosine to the teacher on FC1; Spearman of in-batch similarities vs the teacher's, per head, from the
+    student's pooled states of the held-out texts (:meth:`Student.encode_pooled`)."""
     vectors = student.project_pooled(pooled)
     metrics: dict[str, float | None] = {}
     for head in student.head_names:
@@ -105,11 +99,13 @@ def report(cfg: DictConfig) -> str:
     # stage 2's) share one encoding of the texts.
     pooled: dict[str, torch.Tensor] = {}
     rows = []
-    for name, student in [("init", parts.student), *((n, load_student(p)[0]) for n, p in stages)]:
+    # A generator: one stage's student in memory at a time, as before (a 1.5B student is GBs).
+    students = itertools.chain([("init", parts.student)], ((n, load_student(p)[0]) for n, p in stages))
+    for name, student in students:
         key = encoder_fingerprint(student)
         if key not in pooled:
             pooled[key] = student.encode_pooled(texts, batch)
-        rows.append(fidelity_row(name, student, texts, teacher, batch, pooled[key]))
+        rows.append(fidelity_row(name, student, pooled[key], teacher, batch))
     write_report(rows, run_dir, stem="fidelity")
     table = markdown_table(rows)
     log.info(
